@@ -1,0 +1,57 @@
+"""Turning the framework's "auto"/empty config values into concrete choices, and checking them.
+
+Kept apart from the defaults so that consumers (model builders, trainers, tools) share one
+interpretation of e.g. ``MODEL.DEVICE: auto``.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from .defaults import AMP_DTYPES, CATSEG_VARIANTS, DEVICE_CHOICES_HELP
+from .errors import ConfigError
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+DEFAULT_TEXT_CACHE_DIR = "~/.cache/partcatseg/text_features"
+
+
+def resolve_device(cfg_or_device: Any) -> str:
+    """``MODEL.DEVICE`` as a torch device string: "auto" -> "cuda" if available else "cpu"."""
+    device = cfg_or_device if isinstance(cfg_or_device, str) else cfg_or_device.MODEL.DEVICE
+    if device != "auto":
+        return device
+    import torch  # deferred: reading a config must not require importing torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_catseg_variant(cfg: Any) -> str:
+    """``MODEL.CATSEG_VARIANT`` with "auto" decided by the backbone name."""
+    variant = cfg.MODEL.CATSEG_VARIANT
+    if variant != "auto":
+        return variant
+    return "partcatseg_baseline" if cfg.MODEL.BACKBONE.NAME == "DINOv2Backbone" else "cvpr2024"
+
+
+def resolve_text_cache_dir(cfg: Any) -> Path:
+    """``MODEL.TEXT_CACHE_DIR`` with "" meaning ``~/.cache/partcatseg/text_features``."""
+    return Path(os.path.expanduser(cfg.MODEL.TEXT_CACHE_DIR or DEFAULT_TEXT_CACHE_DIR))
+
+
+def validate_framework_keys(cfg: Any) -> None:
+    """Reject out-of-range values of the framework's own keys (official keys are left to consumers)."""
+    problems = []
+    if not _DEVICE_RE.match(str(cfg.MODEL.DEVICE)):
+        problems.append(f"MODEL.DEVICE={cfg.MODEL.DEVICE!r}: expected {DEVICE_CHOICES_HELP}")
+    if cfg.MODEL.CATSEG_VARIANT not in CATSEG_VARIANTS:
+        problems.append(f"MODEL.CATSEG_VARIANT={cfg.MODEL.CATSEG_VARIANT!r}: expected one of {list(CATSEG_VARIANTS)}")
+    if cfg.SOLVER.AMP.DTYPE not in AMP_DTYPES:
+        problems.append(f"SOLVER.AMP.DTYPE={cfg.SOLVER.AMP.DTYPE!r}: expected one of {list(AMP_DTYPES)}")
+    if cfg.TEST.CLASS_CHUNK < 0:
+        problems.append(f"TEST.CLASS_CHUNK={cfg.TEST.CLASS_CHUNK!r}: expected 0 (off) or a positive int")
+    if cfg.MODEL.DINO_INPUT_SIZE <= 0:
+        problems.append(f"MODEL.DINO_INPUT_SIZE={cfg.MODEL.DINO_INPUT_SIZE!r}: expected a positive int")
+    if problems:
+        raise ConfigError("Invalid config values:\n  " + "\n  ".join(problems))

@@ -1,0 +1,34 @@
+"""Install script for the PartCATSeg / CAT-Seg research framework."""
+from setuptools import find_packages, setup
+
+setup(
+    name="partcatseg",
+    version="0.1.0",
+    description="Open-vocabulary part segmentation: PartCATSeg (CVPR 2025) and CAT-Seg (CVPR 2024), "
+    "detectron2-compatible, CPU and GPU.",
+    python_requires=">=3.9",
+    packages=find_packages(include=["partcatseg", "partcatseg.*"]),
+    include_package_data=True,
+    package_data={"partcatseg": ["vocab/data/*.json", "vocab/data/*.txt"]},
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "open_clip_torch>=2.24",
+        "timm>=1.0",
+        "einops>=0.6",
+        "fvcore>=0.1.5.post20221221",
+        "iopath>=0.1.9",
+        "numpy>=1.23",
+        "Pillow>=9.0",
+        "opencv-python-headless>=4.6",
+        "pycocotools>=2.0.6",
+        "gdown>=4.7",
+        "huggingface_hub>=0.20",
+        "tqdm>=4.60",
+        "tabulate>=0.9",
+        "tensorboard>=2.12",
+    ],
+    extras_require={
+        "dev": ["pytest>=7.0", "scikit-image>=0.21"],
+    },
+)
