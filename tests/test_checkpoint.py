@@ -21,15 +21,26 @@ ARCH_TSV = {
 }
 
 
-def _tsv_for(cfg) -> str | None:
+def _expected_shapes(cfg, model) -> dict[str, tuple]:
+    """The official key/shape list of the architecture ``cfg`` builds (checked against the model)."""
     from partcatseg.config import resolve_catseg_variant
 
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if cfg.MODEL.META_ARCHITECTURE == "PartCATSeg":
-        return ARCH_TSV["PartCATSeg"]
-    variant = resolve_catseg_variant(cfg)
-    if variant == "cvpr2024" and cfg.MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED != "ViT-B/16":
-        return None  # ViT-L: no reference list; keys compared with the model's own below
-    return ARCH_TSV[variant]
+        ref = read_tsv(ARCH_TSV["PartCATSeg"])
+    elif resolve_catseg_variant(cfg) == "cvpr2024":
+        if cfg.MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED != "ViT-B/16":
+            assert len(ours) == 652  # CAT-Seg ViT-L/14@336 (spec catseg §4); no extracted list
+            return ours
+        ref = read_tsv(ARCH_TSV["cvpr2024"])
+    elif cfg.MODEL.BACKBONE.NAME == "DINOv2Backbone":
+        ref = read_tsv(ARCH_TSV["partcatseg_baseline"])
+    else:  # ResNet-101 guidance: the baseline's head keys + detectron2 R101 (checked in test_catseg)
+        ref = read_tsv(ARCH_TSV["partcatseg_baseline"])
+        assert {k for k in ours if not k.startswith("backbone.")} == {k for k in ref if not k.startswith("backbone.")}
+        return ours
+    assert ours == ref
+    return ref
 
 
 def _official_file(path, state: dict) -> None:
@@ -44,12 +55,7 @@ def test_every_shipped_config_builds_offline_and_loads_official_format(config, t
     cfg = setup_cfg(str(REPO / config), ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
                                          "MODEL.TEXT_CACHE_DIR", str(tmp_path / "t")])
     model = build_model(cfg)
-    tsv = _tsv_for(cfg)
-    shapes = read_tsv(tsv) if tsv else {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if tsv:
-        assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == shapes
-    else:
-        assert len(shapes) == 652  # CAT-Seg ViT-L/14@336 (spec catseg §4)
+    shapes = _expected_shapes(cfg, model)
     state = {k: rule_tensor(k, s) for k, s in shapes.items() if not k.endswith("attn_mask")}
     path = tmp_path / "official.pth"
     _official_file(path, state)

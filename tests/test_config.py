@@ -195,7 +195,7 @@ def test_partcatseg_repo_catseg_baselines():
     assert voc.MODEL.RESNETS.STEM_TYPE == "basic" and voc.MODEL.RESNETS.DEPTH == 101
     ade = _load("zero_shot/catseg_ade.yaml")
     assert ade.MODEL.BACKBONE.NAME == "build_resnet_backbone"
-    assert resolve_catseg_variant(ade) == "cvpr2024"
+    assert resolve_catseg_variant(ade) == "partcatseg_baseline"  # ResNet guidance + background class
     assert ade.MODEL.SEM_SEG_HEAD.DECODER_GUIDANCE_DIMS == [512, 256]
     assert ade.MODEL.SEM_SEG_HEAD.APPEARANCE_GUIDANCE_DIM == 1024
 

@@ -28,11 +28,14 @@ def resolve_device(cfg_or_device: Any) -> str:
 
 
 def resolve_catseg_variant(cfg: Any) -> str:
-    """``MODEL.CATSEG_VARIANT`` with "auto" decided by the backbone name."""
+    """``MODEL.CATSEG_VARIANT`` with "auto" decided by the backbone name and ``BG_ON``."""
     variant = cfg.MODEL.CATSEG_VARIANT
     if variant != "auto":
         return variant
-    return "partcatseg_baseline" if cfg.MODEL.BACKBONE.NAME == "DINOv2Backbone" else "cvpr2024"
+    # part-catseg's baseline has DINOv2 guidance (catseg_voc) or a ResNet with a background class
+    # (catseg_ade / _partimagenet); CAT-Seg CVPR has neither.
+    baseline = cfg.MODEL.BACKBONE.NAME == "DINOv2Backbone" or bool(cfg.MODEL.SEM_SEG_HEAD.BG_ON)
+    return "partcatseg_baseline" if baseline else "cvpr2024"
 
 
 def resolve_text_cache_dir(cfg: Any) -> Path:

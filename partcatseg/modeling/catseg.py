@@ -1,0 +1,624 @@
+"""CAT-Seg meta-architectures: the CVPR-2024 model and part-catseg's CAT-Seg baseline.
+
+* :class:`CATSeg` — CAT-Seg (Cho et al., CVPR 2024): CLIP only.  The fine-tuned CLIP text tower encodes
+  the vocabulary inside ``forward`` (one template, first synonym); dense CLIP features give the cost
+  volume and, through two intermediate ViT blocks and ``upsample1``/``upsample2``, the decoder guidance.
+* :class:`CATSegBaseline` — the pre-CVPR CAT-Seg that part-catseg trains as its baseline: frozen CLIP
+  with fused attention weights, 80-template frozen text features, DINOv2 guidance, a background class
+  and Oracle-Obj inference.
+
+Both follow detectron2's calling convention (a list of per-image dicts) and keep the official module
+tree (``sem_seg_head.predictor.{clip_model, transformer}``) so released checkpoints load unchanged.
+Vocabularies are plain lists; only :func:`catseg_from_config` reads a config.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ConfigError, resolve_catseg_variant, resolve_text_cache_dir
+from ..data.catalog import MetadataCatalog
+from ..vocab import get_templates, load_class_json, oracle_class_mask
+from .catseg_aggregator import CATSegAggregator
+from .clip import encode_image_dense, split_qkv_projections
+from .dinov2 import DINOv2Backbone
+from .resnet import ResNetBackbone
+from .partcatseg import set_clip_trainable
+from .preprocess import normalize_pad_resize, resize_to_output
+from .text import TextFeatureCache, encode_class_names
+
+__all__ = [
+    "CATSeg",
+    "CATSegBaseline",
+    "CATSegHead",
+    "CATSegPredictor",
+    "CATSEG_SINGLE_TEMPLATE",
+    "catseg_loss",
+    "set_catseg_clip_trainable",
+    "sliding_window_inference",
+    "catseg_from_config",
+]
+
+
+CATSEG_SINGLE_TEMPLATE = "A photo of a {} in the scene"
+CLIP_MEAN = (122.7709383, 116.7460125, 104.09373615)  # OpenAI CLIP mean x 255, RGB
+CLIP_STD = (68.5005327, 66.6321579, 70.3231630)
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+# ------------------------------------------------------------------------------------ module tree
+class CATSegPredictor(nn.Module):
+    """CLIP, the optional background embedding and the aggregator, under the official key names."""
+
+    def __init__(self, clip_model: nn.Module, transformer: CATSegAggregator, bg_on: bool = False) -> None:
+        super().__init__()
+        self.bg_on = bg_on
+        if bg_on:
+            # Official: created after CLIP, normal(0, text_width^-0.5); never trained (see CATSegBaseline).
+            dim = clip_model.text_projection.shape[-1]
+            self.non_object_embedding = nn.Parameter(torch.empty(1, dim))
+            nn.init.normal_(self.non_object_embedding, std=clip_model.transformer.width**-0.5)
+        self.clip_model = clip_model
+        self.transformer = transformer
+
+
+class CATSegHead(nn.Module):
+    """Parameter-free level of the official module tree (``sem_seg_head.predictor.*``)."""
+
+    def __init__(self, predictor: CATSegPredictor, ignore_value: int = 255) -> None:
+        super().__init__()
+        self.predictor = predictor
+        self.ignore_value = ignore_value
+
+
+# ------------------------------------------------------------------------------------ shared pieces
+def set_catseg_clip_trainable(clip_model: nn.Module, mode: str) -> None:
+    """CAT-Seg CVPR's ``CLIP_FINETUNE`` rule (both towers; only names containing "transformer").
+
+    "attention": attention tensors train only if named ``q_proj``/``v_proj`` (so ``k_proj_weight``, the
+    fused ``in_proj_bias`` and ``out_proj`` stay frozen); other "transformer" names train only if they
+    contain "position" (none do in CLIP).  "full": everything under "transformer".  "prompt": names
+    containing "prompt".  Anything else freezes CLIP.
+    """
+    for name, param in clip_model.named_parameters():
+        trainable = False
+        if "transformer" in name:
+            if mode == "attention":
+                trainable = ("q_proj" in name or "v_proj" in name) if "attn" in name else "position" in name
+            elif mode == "full":
+                trainable = True
+            elif mode == "prompt":
+                trainable = "prompt" in name
+        param.requires_grad_(trainable)
+
+
+def catseg_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    ignore_value: int,
+    *,
+    bg_on: bool = False,
+    bg_weight: float = 0.05,
+) -> torch.Tensor:
+    """Sigmoid BCE over every pixel x class, as both official CAT-Seg generations train.
+
+    ``logits`` (B, T, h, w) are upsampled (bilinear) to the (B, H, W) ``targets``.  Labelled pixels get a
+    one-hot row; ignored pixels stay in the mean as all-negative rows.  With ``bg_on`` the last channel
+    is a background class whose target is 1 wherever no label was written (ignored pixels included)
+    and whose BCE term is weighted ``bg_weight``; the mean is still over all B*H*W*T terms.
+    """
+    logits = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
+    logits = logits.permute(0, 2, 3, 1)
+    num_classes = logits.shape[-1]
+    targets = targets.to(logits.device).long()
+    mask = targets != ignore_value
+    labels = targets[mask]
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"training labels must lie in [0, {num_classes}) or equal ignore_value={ignore_value}; "
+            f"found values {labels.min().item()}..{labels.max().item()}"
+        )
+    dense_targets = torch.zeros_like(logits)
+    weight = None
+    if bg_on:
+        dense_targets[..., -1] = 1.0
+        weight = torch.ones(num_classes, device=logits.device, dtype=logits.dtype)
+        weight[-1] = bg_weight
+    dense_targets[mask] = F.one_hot(labels, num_classes).to(logits.dtype)
+    return F.binary_cross_entropy_with_logits(logits, dense_targets, weight=weight)
+
+
+def sliding_window_inference(
+    image: torch.Tensor,
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    kernel: int = 384,
+    overlap: float = 0.333,
+    out_res: tuple[int, int] = (640, 640),
+) -> torch.Tensor:
+    """CAT-Seg's official test-time procedure for one image; returns (T, *out_res) probabilities.
+
+    The image is squashed to ``out_res``, cut into ``kernel`` crops with stride
+    ``int(kernel * (1 - overlap))`` (4 crops at the defaults) and run together with a global view (the
+    whole image squashed to ``kernel``).  Logits are upsampled to ``kernel`` *before* the sigmoid, crops
+    are fold-averaged, and the result is the mean of the crop map and the upsampled global map.
+
+    Args:
+        image: (3, H, W) image in 0-255 (uint8 or float).
+        logits_fn: maps a (N, 3, kernel, kernel) float 0-255 batch to (N, T, h, w) logits.
+    """
+    stride = int(kernel * (1 - overlap))
+    out_res = tuple(out_res)
+    x = image.float()[None]
+    big = F.interpolate(x, size=out_res, mode="bilinear", align_corners=False)
+    cols = F.unfold(big, kernel_size=kernel, stride=stride)  # 1, 3*k*k, L (row-major windows)
+    num_windows = cols.shape[-1]
+    crops = cols[0].transpose(0, 1).reshape(num_windows, 3, kernel, kernel)
+    global_view = F.interpolate(x, size=(kernel, kernel), mode="bilinear", align_corners=False)
+    logits = logits_fn(torch.cat([crops, global_view], dim=0))
+    probs = F.interpolate(logits, size=(kernel, kernel), mode="bilinear", align_corners=False).sigmoid()
+    global_probs = F.interpolate(probs[-1:], size=out_res, mode="bilinear", align_corners=False)
+    num_classes = probs.shape[1]
+    crop_cols = probs[:-1].reshape(num_windows, num_classes * kernel * kernel).transpose(0, 1)[None]
+    summed = F.fold(crop_cols, out_res, kernel_size=kernel, stride=stride)
+    ones = torch.ones((1, 1, *out_res), device=probs.device, dtype=probs.dtype)
+    count = F.fold(F.unfold(ones, kernel_size=kernel, stride=stride), out_res, kernel_size=kernel, stride=stride)
+    return ((summed / count + global_probs) / 2)[0]
+
+
+def _output_size(record: dict) -> tuple[int, int]:
+    """The record's ``height``/``width`` (original image size), else the input tensor's size."""
+    image = record["image"]
+    return int(record.get("height", image.shape[-2])), int(record.get("width", image.shape[-1]))
+
+
+def _tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
+    """(B, 1 + h*w, C) ViT tokens -> (B, C, h, w) patch map (CLS dropped, square grid)."""
+    b, n, c = tokens.shape
+    side = int(round((n - 1) ** 0.5))
+    if side * side != n - 1:
+        raise ValueError(f"expected 1 + a square number of tokens, got {n}")
+    return tokens[:, 1:].transpose(1, 2).reshape(b, c, side, side)
+
+
+class _CATSegCommon(nn.Module):
+    """Buffers, properties and the inference loop both meta-architectures share."""
+
+    sem_seg_head: CATSegHead
+
+    def _register_pixel_stats(
+        self,
+        clip_pixel_mean: Sequence[float],
+        clip_pixel_std: Sequence[float],
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+    ) -> None:
+        # Non-persistent, as officially: they are not checkpoint keys.
+        self.register_buffer("clip_pixel_mean", torch.tensor(clip_pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("clip_pixel_std", torch.tensor(clip_pixel_std).view(-1, 1, 1), False)
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.clip_pixel_mean.device
+
+    @property
+    def clip_model(self) -> nn.Module:
+        return self.sem_seg_head.predictor.clip_model
+
+    @property
+    def aggregator(self) -> CATSegAggregator:
+        return self.sem_seg_head.predictor.transformer
+
+    def _clip_input(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        return normalize_pad_resize(
+            images, self.clip_pixel_mean, self.clip_pixel_std, self.size_divisibility, self.clip_resolution
+        )
+
+    def predict_logits(self, images: Sequence[torch.Tensor], text: torch.Tensor) -> torch.Tensor:
+        """(B, T, 4h, 4w) logits for (3, H, W) 0-255 images and (T, P, C) text features."""
+        raise NotImplementedError
+
+    def _probabilities(self, batched_inputs: list[dict], text: torch.Tensor) -> list[torch.Tensor]:
+        """Per-record (T, height, width) probabilities (whole-image or sliding-window)."""
+        images = [x["image"].to(self.device) for x in batched_inputs]
+        if self.sliding_window:
+            out = []
+            for record, image in zip(batched_inputs, images):
+                probs = sliding_window_inference(image, lambda views: self.predict_logits(list(views), text))
+                out.append(resize_to_output(probs, *_output_size(record)))
+            return out
+        probs = self.predict_logits(images, text).sigmoid()
+        return [resize_to_output(p, *_output_size(r)) for r, p in zip(batched_inputs, probs)]
+
+
+# ------------------------------------------------------------------------------------ CVPR 2024
+class CATSeg(_CATSegCommon):
+    """CAT-Seg, CVPR-2024 release (checkpoints ``model_base.pth``, ``model_large.pth``).
+
+    Args:
+        clip_model: open_clip CLIP with split q/k/v weights (:func:`~.clip.split_qkv_projections`).
+        aggregator: :class:`CATSegAggregator` with ``prompt_channel == len(templates)``.
+        train_class_names / test_class_names: vocabularies ("a, b" = synonyms; the first is used).
+        templates: prompt templates (officially the single ``CATSEG_SINGLE_TEMPLATE``).
+        guidance_layers: CLIP blocks whose residual stream guides the decoder ((3, 7) for ViT-B/16,
+            (7, 15) for ViT-L/14@336px).
+        clip_resolution: CLIP input size (384 for ViT-B/16, 336 otherwise).
+        clip_finetune: ``CLIP_FINETUNE`` mode (see :func:`set_catseg_clip_trainable`).
+        sliding_window: use the official sliding-window inference (``TEST.SLIDING_WINDOW``).
+        text_cache: cache for evaluation text features (keyed by vocabulary and text-tower weights).
+    """
+
+    def __init__(
+        self,
+        *,
+        clip_model: nn.Module,
+        aggregator: CATSegAggregator,
+        train_class_names: Sequence[str],
+        test_class_names: Sequence[str],
+        templates: Sequence[str] = (CATSEG_SINGLE_TEMPLATE,),
+        guidance_layers: Sequence[int] = (3, 7),
+        clip_resolution: tuple[int, int] = (384, 384),
+        clip_finetune: str = "attention",
+        ignore_value: int = 255,
+        size_divisibility: int = 32,
+        sliding_window: bool = False,
+        clip_pixel_mean: Sequence[float] = CLIP_MEAN,
+        clip_pixel_std: Sequence[float] = CLIP_STD,
+        pixel_mean: Sequence[float] = IMAGENET_MEAN,
+        pixel_std: Sequence[float] = IMAGENET_STD,
+        text_cache: Optional[TextFeatureCache] = None,
+    ) -> None:
+        super().__init__()
+        if len(guidance_layers) != 2 or list(guidance_layers) != sorted(guidance_layers):
+            raise ValueError(f"guidance_layers={tuple(guidance_layers)}; expected two increasing block indices")
+        num_blocks = len(clip_model.visual.transformer.resblocks)
+        if guidance_layers[-1] >= num_blocks - 1:
+            raise ValueError(
+                f"guidance_layers={tuple(guidance_layers)} must index one of the first {num_blocks - 1} CLIP "
+                f"blocks (the last block runs the dense value path)"
+            )
+        if aggregator.prompt_channel != len(templates):
+            raise ValueError(
+                f"{len(templates)} templates but the aggregator expects prompt_channel={aggregator.prompt_channel}"
+            )
+        self.sem_seg_head = CATSegHead(CATSegPredictor(clip_model, aggregator), ignore_value)
+        width = clip_model.visual.conv1.out_channels
+        # Decoder guidance from two CLIP blocks, upsampled 2x and 4x (top-level official keys).
+        self.upsample1 = nn.ConvTranspose2d(width, 256, kernel_size=2, stride=2)
+        self.upsample2 = nn.ConvTranspose2d(width, 128, kernel_size=4, stride=4)
+        # pixel_mean/std: official leftovers, unused by the CVPR forward (kept for API symmetry).
+        self._register_pixel_stats(clip_pixel_mean, clip_pixel_std, pixel_mean, pixel_std)
+        self.train_class_names = list(train_class_names)
+        self.test_class_names = list(test_class_names)
+        self.templates = list(templates)
+        self.guidance_layers = tuple(guidance_layers)
+        self.clip_resolution = tuple(clip_resolution)
+        self.size_divisibility = size_divisibility
+        self.sliding_window = sliding_window
+        self.ignore_value = ignore_value
+        self.text_cache = text_cache or TextFeatureCache(None)
+        set_catseg_clip_trainable(clip_model, clip_finetune)
+
+    def set_test_vocabulary(self, class_names: Sequence[str]) -> None:
+        """Change what inference segments (any list of names; no retraining)."""
+        self.test_class_names = list(class_names)
+
+    def text_features(self, class_names: Sequence[str]) -> torch.Tensor:
+        """(T, P, C) L2-normalised text features from the model's own (fine-tuned) text tower.
+
+        With gradients while training a trainable text tower (the official behaviour: re-encoded every
+        step); otherwise from the cache, keyed by the vocabulary and the current text weights, so a
+        changed vocabulary or a further-trained tower is never served stale features.
+        """
+        trains_text = self.training and any(
+            p.requires_grad for n, p in self.clip_model.named_parameters() if not n.startswith("visual.")
+        )
+        if trains_text:
+            return encode_class_names(self.clip_model, class_names, self.templates, synonyms="first")
+        return self.text_cache.get(self.clip_model, class_names, self.templates, synonyms="first")
+
+    def extract_features(self, images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Dense CLIP features (B, C, g, g) and the guidance maps [res3 (g), res4 (2g), res5 (4g)]."""
+        clip_in = self._clip_input(images)
+        dense, captured = encode_image_dense(
+            self.clip_model, clip_in, cls_residual=True, capture_layers=self.guidance_layers
+        )
+        res3 = _tokens_to_map(dense)
+        res4 = self.upsample1(_tokens_to_map(captured[0]))
+        res5 = self.upsample2(_tokens_to_map(captured[1]))
+        return res3, [res3, res4, res5]
+
+    def predict_logits(self, images: Sequence[torch.Tensor], text: torch.Tensor) -> torch.Tensor:
+        images = [im.to(self.device) for im in images]
+        img_feats, vis = self.extract_features(images)
+        return self.aggregator(img_feats, text.unsqueeze(0).expand(len(images), -1, -1, -1), vis)
+
+    def forward(self, batched_inputs: list[dict]):
+        if self.training:
+            text = self.text_features(self.train_class_names)
+            logits = self.predict_logits([x["image"] for x in batched_inputs], text)
+            targets = torch.stack([x["sem_seg"] for x in batched_inputs]).to(self.device)
+            return {"loss_sem_seg": catseg_loss(logits, targets, self.ignore_value)}
+        with torch.no_grad():
+            text = self.text_features(self.test_class_names)
+            return [{"sem_seg": p} for p in self._probabilities(batched_inputs, text)]
+
+
+# ------------------------------------------------------------------------------------ part-catseg baseline
+class CATSegBaseline(_CATSegCommon):
+    """part-catseg's CAT-Seg baseline (pre-CVPR CAT-Seg + guidance backbone + background + Oracle-Obj).
+
+    Args:
+        backbone: guidance with an ``input_size`` attribute returning ``{res2, res3, res4}`` at 4x/2x/1x
+            the CLIP grid: DINOv2 (``catseg_voc``) or a detectron2-layout ResNet (``catseg_ade``,
+            ``catseg_partimagenet``, OV-PARTS).
+        clip_model: open_clip CLIP with fused ``in_proj_weight`` (pre-CVPR layout).
+        aggregator: :class:`CATSegAggregator` with ``pad_len=0`` and ``prompt_channel == len(templates)``.
+        train_class_names / test_class_names: "object's part" vocabularies.
+        test_obj_classes: object list indexed by a record's ``object_class`` / ``instances.gt_classes``.
+        templates: prompt templates (the 80 ImageNet ones officially), synonyms averaged.
+        bg_on: append the background class (``non_object_embedding``) as the last class.
+        clip_finetune: pre-CVPR rule (visual tower only, see ``partcatseg.set_clip_trainable``).
+        finetune_backbone: train the backbone (official: ``SOLVER.BACKBONE_MULTIPLIER > 0``).
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        clip_model: nn.Module,
+        aggregator: CATSegAggregator,
+        train_class_names: Sequence[str],
+        test_class_names: Sequence[str],
+        test_obj_classes: Sequence[str],
+        templates: Sequence[str],
+        bg_on: bool = True,
+        bg_weight: float = 0.05,
+        clip_finetune: str = "",
+        finetune_backbone: bool = True,
+        ignore_value: int = 255,
+        size_divisibility: int = 32,
+        clip_resolution: tuple[int, int] = (384, 384),
+        sliding_window: bool = False,
+        clip_pixel_mean: Sequence[float] = CLIP_MEAN,
+        clip_pixel_std: Sequence[float] = CLIP_STD,
+        pixel_mean: Sequence[float] = IMAGENET_MEAN,
+        pixel_std: Sequence[float] = IMAGENET_STD,
+        text_cache: Optional[TextFeatureCache] = None,
+    ) -> None:
+        super().__init__()
+        if aggregator.prompt_channel != len(templates):
+            raise ValueError(
+                f"{len(templates)} templates but the aggregator expects prompt_channel={aggregator.prompt_channel}"
+            )
+        self.backbone = backbone
+        self.sem_seg_head = CATSegHead(CATSegPredictor(clip_model, aggregator, bg_on), ignore_value)
+        self._register_pixel_stats(clip_pixel_mean, clip_pixel_std, pixel_mean, pixel_std)
+        self.train_class_names = list(train_class_names)
+        self.test_class_names = list(test_class_names)
+        self.test_obj_classes = list(test_obj_classes)
+        self.templates = list(templates)
+        self.bg_on = bg_on
+        self.bg_weight = bg_weight
+        self.ignore_value = ignore_value
+        self.size_divisibility = size_divisibility
+        self.clip_resolution = tuple(clip_resolution)
+        self.sliding_window = sliding_window
+        self.text_cache = text_cache or TextFeatureCache(None)
+        set_clip_trainable(clip_model, clip_finetune)
+        backbone.requires_grad_(finetune_backbone)
+
+    def set_test_vocabulary(self, class_names: Sequence[str], obj_classes: Sequence[str]) -> None:
+        """Change the inference vocabulary and the object list Oracle-Obj indexes."""
+        self.test_class_names = list(class_names)
+        self.test_obj_classes = list(obj_classes)
+
+    def text_features(self, class_names: Sequence[str]) -> torch.Tensor:
+        """Frozen (T [+1], P, C) features; the background row is the normalised ``non_object_embedding``.
+
+        Officially the text features (background included) are computed once at construction, so the
+        background vector is the parameter's init, never trained and equal to the checkpoint's value.
+        """
+        text = self.text_cache.get(self.clip_model, class_names, self.templates, synonyms="average")
+        if not self.bg_on:
+            return text
+        bg = self.sem_seg_head.predictor.non_object_embedding.detach().to(text)
+        bg = F.normalize(bg, dim=-1).unsqueeze(1).expand(1, text.shape[1], -1)
+        return torch.cat([text, bg], dim=0)
+
+    def predict_logits(self, images: Sequence[torch.Tensor], text: torch.Tensor) -> torch.Tensor:
+        images = [im.to(self.device) for im in images]
+        dense, _ = encode_image_dense(self.clip_model, self._clip_input(images))
+        size = (self.backbone.input_size, self.backbone.input_size)
+        dino = self.backbone(normalize_pad_resize(images, self.pixel_mean, self.pixel_std, self.size_divisibility, size))
+        vis = [dino["res4"], dino["res3"], dino["res2"]]
+        return self.aggregator(_tokens_to_map(dense), text.unsqueeze(0).expand(len(images), -1, -1, -1), vis)
+
+    @staticmethod
+    def object_index(record: dict) -> Optional[int]:
+        """The Oracle-Obj object id: ``object_class``, else detectron2 ``instances.gt_classes[0]``."""
+        if record.get("object_class") is not None:
+            return int(record["object_class"])
+        instances = record.get("instances")
+        gt = getattr(instances, "gt_classes", None) if instances is not None else None
+        if gt is not None and len(gt):
+            return int(gt[0])
+        return None
+
+    def forward(self, batched_inputs: list[dict]):
+        if self.training:
+            text = self.text_features(self.train_class_names)
+            logits = self.predict_logits([x["image"] for x in batched_inputs], text)
+            targets = torch.stack([x["obj_part_sem_seg"] for x in batched_inputs]).to(self.device)
+            loss = catseg_loss(logits, targets, self.ignore_value, bg_on=self.bg_on, bg_weight=self.bg_weight)
+            return {"loss_sem_seg": loss}
+        with torch.no_grad():
+            text = self.text_features(self.test_class_names)
+            results = []
+            for record, prob in zip(batched_inputs, self._probabilities(batched_inputs, text)):
+                parts = prob[:-1] if self.bg_on else prob
+                obj = self.object_index(record)
+                if obj is not None:
+                    keep = oracle_class_mask(self.test_class_names, self.test_obj_classes[obj])
+                    keep_t = torch.as_tensor(keep, device=parts.device)[:, None, None]
+                    parts = torch.where(keep_t, parts, parts.new_tensor(-1.0))
+                results.append({"sem_seg": parts, "sem_seg_all": prob})
+            return results
+
+
+# ------------------------------------------------------------------------------------ config
+def _check_dims(head: Any, expected: dict[str, Any], why: str) -> None:
+    """Fail early, naming every ``SEM_SEG_HEAD`` dimension that cannot match the built modules."""
+    wrong = []
+    for key, want in expected.items():
+        got = getattr(head, key)
+        got = list(got) if isinstance(want, list) else got
+        if got != want:
+            wrong.append(f"MODEL.SEM_SEG_HEAD.{key}={got!r} (expected {want!r})")
+    if wrong:
+        raise ConfigError(f"{why}:\n  " + "\n  ".join(wrong))
+
+
+def _aggregator_from_config(cfg: Any, prompt_channel: int, pad_len: int) -> CATSegAggregator:
+    head = cfg.MODEL.SEM_SEG_HEAD
+    return CATSegAggregator(
+        text_guidance_dim=head.TEXT_GUIDANCE_DIM,
+        text_guidance_proj_dim=head.TEXT_GUIDANCE_PROJ_DIM,
+        appearance_guidance_dim=head.APPEARANCE_GUIDANCE_DIM,
+        appearance_guidance_proj_dim=head.APPEARANCE_GUIDANCE_PROJ_DIM,
+        decoder_dims=tuple(head.DECODER_DIMS),
+        decoder_guidance_dims=tuple(head.DECODER_GUIDANCE_DIMS),
+        decoder_guidance_proj_dims=tuple(head.DECODER_GUIDANCE_PROJ_DIMS),
+        num_layers=head.NUM_LAYERS,
+        nheads=head.NUM_HEADS,
+        hidden_dim=head.HIDDEN_DIMS,
+        pooling_size=tuple(head.POOLING_SIZES),
+        feature_resolution=tuple(head.FEATURE_RESOLUTION),
+        window_size=head.WINDOW_SIZES,
+        attention_type=head.ATTENTION_TYPE,
+        prompt_channel=prompt_channel,
+        pad_len=pad_len,
+    )
+
+
+def _common_kwargs(cfg: Any) -> dict[str, Any]:
+    return dict(
+        ignore_value=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+        size_divisibility=cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
+        sliding_window=cfg.TEST.SLIDING_WINDOW,
+        clip_pixel_mean=tuple(cfg.MODEL.CLIP_PIXEL_MEAN),
+        clip_pixel_std=tuple(cfg.MODEL.CLIP_PIXEL_STD),
+        pixel_mean=tuple(cfg.MODEL.PIXEL_MEAN),
+        pixel_std=tuple(cfg.MODEL.PIXEL_STD),
+        text_cache=TextFeatureCache(str(resolve_text_cache_dir(cfg))),
+    )
+
+
+def _cvpr_from_config(cfg: Any) -> CATSeg:
+    from .build import build_clip_from_config, clip_resolution_from_config
+
+    head = cfg.MODEL.SEM_SEG_HEAD
+    is_b16 = head.CLIP_PRETRAINED == "ViT-B/16"  # the official switch for resolution and hooked blocks
+    clip_model = build_clip_from_config(cfg)
+    split_qkv_projections(clip_model)
+    embed_dim = clip_model.text_projection.shape[-1]
+    _check_dims(
+        head,
+        {"TEXT_GUIDANCE_DIM": embed_dim, "APPEARANCE_GUIDANCE_DIM": embed_dim, "DECODER_GUIDANCE_DIMS": [256, 128]},
+        f"CAT-Seg (CVPR) with CLIP {head.CLIP_PRETRAINED!r} feeds its {embed_dim}-d dense CLIP features and "
+        f"the 256/128-channel upsample1/upsample2 outputs to the aggregator",
+    )
+    templates = get_templates(cfg.MODEL.PROMPT_ENSEMBLE_TYPE)
+    return CATSeg(
+        clip_model=clip_model,
+        aggregator=_aggregator_from_config(cfg, prompt_channel=len(templates), pad_len=256),
+        train_class_names=load_class_json(head.TRAIN_CLASS_JSON),
+        test_class_names=load_class_json(head.TEST_CLASS_JSON),
+        templates=templates,
+        guidance_layers=(3, 7) if is_b16 else (7, 15),
+        clip_resolution=clip_resolution_from_config(cfg),
+        clip_finetune=head.CLIP_FINETUNE,
+        **_common_kwargs(cfg),
+    )
+
+
+def _dataset_classes(dataset_name: str, key: str) -> list[str]:
+    try:
+        return list(getattr(MetadataCatalog.get(dataset_name), key))
+    except AttributeError:
+        raise KeyError(
+            f"Dataset {dataset_name!r} has no metadata '{key}'; the CAT-Seg baseline reads its vocabulary "
+            f"from MetadataCatalog.get(name).stuff_classes / obj_classes of a registered part dataset"
+        ) from None
+
+
+def _baseline_from_config(cfg: Any) -> CATSegBaseline:
+    from .build import build_clip_from_config, build_dinov2_from_config, clip_resolution_from_config
+
+    head = cfg.MODEL.SEM_SEG_HEAD
+    if not cfg.DATASETS.TRAIN or not cfg.DATASETS.TEST:
+        raise ConfigError("the CAT-Seg baseline needs DATASETS.TRAIN[0] and DATASETS.TEST[0] (its vocabularies)")
+    g = head.FEATURE_RESOLUTION[0]
+    clip_model = build_clip_from_config(cfg)
+    embed_dim = clip_model.text_projection.shape[-1]
+    if cfg.MODEL.BACKBONE.NAME == "build_resnet_backbone":
+        # OV-PARTS / pre-CVPR CAT-Seg guidance: detectron2 ResNet on the image squashed to 384x384
+        res = cfg.MODEL.RESNETS
+        backbone = ResNetBackbone(
+            depth=res.DEPTH, out_features=tuple(res.OUT_FEATURES), stem_out_channels=res.STEM_OUT_CHANNELS,
+            res2_out_channels=res.RES2_OUT_CHANNELS, stride_in_1x1=res.STRIDE_IN_1X1, input_size=384,
+        )
+        expected = {
+            "TEXT_GUIDANCE_DIM": embed_dim,
+            "APPEARANCE_GUIDANCE_DIM": backbone.channels["res4"],
+            "DECODER_GUIDANCE_DIMS": [backbone.channels["res3"], backbone.channels["res2"]],
+        }
+        why = f"the CAT-Seg baseline feeds {embed_dim}-d CLIP text features and ResNet res4/res3/res2 maps"
+    elif cfg.MODEL.BACKBONE.NAME == "DINOv2Backbone":
+        backbone = build_dinov2_from_config(cfg)
+        dino_dim = backbone.embed_dim
+        expected = {
+            "TEXT_GUIDANCE_DIM": embed_dim,
+            "APPEARANCE_GUIDANCE_DIM": dino_dim,
+            "DECODER_GUIDANCE_DIMS": [dino_dim, dino_dim],
+        }
+        why = f"the CAT-Seg baseline feeds {embed_dim}-d CLIP text features and {dino_dim}-d DINOv2 maps"
+    else:
+        raise ConfigError(
+            f"MODEL.BACKBONE.NAME={cfg.MODEL.BACKBONE.NAME!r} is not supported by the CAT-Seg baseline; "
+            "expected 'DINOv2Backbone' or 'build_resnet_backbone'"
+        )
+    _check_dims(head, expected, why + " to the aggregator")
+    templates = get_templates(cfg.MODEL.PROMPT_ENSEMBLE_TYPE)
+    return CATSegBaseline(
+        backbone=backbone,
+        clip_model=clip_model,
+        aggregator=_aggregator_from_config(cfg, prompt_channel=len(templates), pad_len=0),
+        train_class_names=_dataset_classes(cfg.DATASETS.TRAIN[0], "stuff_classes"),
+        test_class_names=_dataset_classes(cfg.DATASETS.TEST[0], "stuff_classes"),
+        test_obj_classes=_dataset_classes(cfg.DATASETS.TEST[0], "obj_classes"),
+        templates=templates,
+        bg_on=head.BG_ON,
+        clip_finetune=head.CLIP_FINETUNE,
+        finetune_backbone=cfg.SOLVER.BACKBONE_MULTIPLIER > 0,
+        clip_resolution=clip_resolution_from_config(cfg),
+        **_common_kwargs(cfg),
+    )
+
+
+def catseg_from_config(cfg: Any) -> nn.Module:
+    """Build the CAT-Seg variant ``resolve_catseg_variant(cfg)`` names (on the CPU, random weights).
+
+    "cvpr2024" -> :class:`CATSeg`; "partcatseg_baseline" -> :class:`CATSegBaseline` (DINOv2 guidance).
+    """
+    variant = resolve_catseg_variant(cfg)
+    if variant == "partcatseg_baseline":
+        return _baseline_from_config(cfg)
+    if variant != "cvpr2024":
+        raise ConfigError(f"MODEL.CATSEG_VARIANT={variant!r}: expected 'cvpr2024' or 'partcatseg_baseline'")
+    return _cvpr_from_config(cfg)
