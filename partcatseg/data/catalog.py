@@ -13,10 +13,13 @@ offers the same two global objects with the same semantics:
   ``stuff_classes`` would corrupt label ids); an unknown attribute raises ``AttributeError`` naming the
   attribute and the dataset.
 
-Metadata (never dataset loaders) of the official part datasets (PartCATSeg / OV-PARTS names) and of
-CAT-Seg's semantic benchmarks is registered when this module is imported (``register_all_metadata``,
-idempotent). Paths are resolved under ``$DETECTRON2_DATASETS`` (default ``datasets``) at that moment.
-Dataset loaders should read ``image_root`` / ``sem_seg_root`` from the metadata rather than set them.
+The metadata of the official part datasets (PartCATSeg / OV-PARTS names), of CAT-Seg's semantic
+benchmarks and of the synthetic toy part dataset (``toy_obj_part_sem_seg_*``, root ``ToyPart``) is
+registered when this module is imported (``register_all_metadata``, idempotent). Paths are resolved under
+``$DETECTRON2_DATASETS`` (default ``datasets``) at that moment. The dataset loaders of the same names are
+then registered in ``DatasetCatalog`` by ``partcatseg.data.datasets.registry`` (imported at the end of this
+module); they read ``image_root`` / ``sem_seg_root`` from the metadata when called, so
+``partcatseg.data.datasets.set_dataset_root(root)`` re-roots metadata and loaders together.
 
 Differences from the official registrations (documented, no effect on the model or the metrics):
 ``obj_eval_classes`` / ``obj_eval_base_classes`` / ``obj_evaluation_set`` are provided for every part
@@ -26,7 +29,8 @@ points at the annotation folder (officially misspelt ``seg_seg_root`` or equal t
 ``gt_ext`` is added for semantic sets; colour lists are not provided.
 
 Public API: ``DatasetCatalog``, ``MetadataCatalog``, ``Metadata``, ``register_all_metadata(root=None)``,
-``part_vocabulary_for(dataset_name)``, ``PART_DATASET_NAMES``, ``SEMANTIC_DATASET_NAMES``.
+``part_vocabulary_for(dataset_name)``, ``dataset_vocabulary_key(dataset_name)``, ``PART_DATASET_NAMES``,
+``SEMANTIC_DATASET_NAMES``, ``TOY_DATASET_NAMES``.
 """
 from __future__ import annotations
 
@@ -50,8 +54,10 @@ __all__ = [
     "Metadata",
     "register_all_metadata",
     "part_vocabulary_for",
+    "dataset_vocabulary_key",
     "PART_DATASET_NAMES",
     "SEMANTIC_DATASET_NAMES",
+    "TOY_DATASET_NAMES",
 ]
 
 
@@ -187,6 +193,10 @@ _PART_LAYOUT: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
         "train": ("images/train", "annotations/train"),
         "val": ("images/val", "annotations/val"),
     }),
+    "toy_part": ("ToyPart", {  # Pascal-Part-116 layout (tools/make_toy_dataset.py)
+        "train": ("images/train", "annotations_detectron2_part/train"),
+        "val": ("images/val", "annotations_detectron2_part/val"),
+    }),
 }
 
 # (name, vocabulary key, split, kind, with_eval), mirroring the official registration files.
@@ -213,6 +223,14 @@ _PART_SPLITS: tuple[tuple[str, str, str, str, bool], ...] = (
     ("partimagenet_ood_obj_part_sem_seg_val_obj_condition", "partimagenet_ood", "val", "full", True),
 )
 
+# The synthetic toy part dataset, registered like Pascal-Part-116.
+_TOY_SPLITS: tuple[tuple[str, str, str, str, bool], ...] = (
+    ("toy_obj_part_sem_seg_train", "toy_part", "train", "base", True),
+    ("toy_obj_part_sem_seg_train_obj_condition", "toy_part", "train", "base", True),
+    ("toy_obj_part_sem_seg_val", "toy_part", "val", "full", True),
+    ("toy_obj_part_sem_seg_val_obj_condition", "toy_part", "val", "full", True),
+)
+
 # (name, vocabulary key, image dir, annotation dir, gt_ext, ignore_label, evaluator_type), CAT-Seg names.
 _COCO, _ADE, _ADE_FULL = "coco-stuff", "ADEChallengeData2016", "ADE20K_2021_17_01"
 _VOC12, _VOC10 = "VOCdevkit/VOC2012", "VOCdevkit/VOC2010"
@@ -237,6 +255,11 @@ _SEMANTIC_SPLITS: tuple[tuple[str, str, str, str, str, int, str], ...] = (
 
 PART_DATASET_NAMES: tuple[str, ...] = tuple(s[0] for s in _PART_SPLITS)
 SEMANTIC_DATASET_NAMES: tuple[str, ...] = tuple(s[0] for s in _SEMANTIC_SPLITS)
+TOY_DATASET_NAMES: tuple[str, ...] = tuple(s[0] for s in _TOY_SPLITS)
+_VOCABULARY_KEY: dict[str, str] = {
+    **{s[0]: s[1] for s in _PART_SPLITS + _TOY_SPLITS},
+    **{s[0]: s[1] for s in _SEMANTIC_SPLITS},
+}
 
 
 def _part_metadata(ds: PartDatasetClasses, kind: str, with_eval: bool) -> dict[str, Any]:
@@ -275,7 +298,7 @@ def _part_metadata(ds: PartDatasetClasses, kind: str, with_eval: bool) -> dict[s
 def register_all_metadata(root: str | None = None) -> None:
     """Register the metadata of every official dataset name (idempotent for an unchanged ``root``)."""
     root = root if root is not None else os.getenv("DETECTRON2_DATASETS", "datasets")
-    for name, key, split, kind, with_eval in _PART_SPLITS:
+    for name, key, split, kind, with_eval in _PART_SPLITS + _TOY_SPLITS:
         folder, splits = _PART_LAYOUT[key]
         image_dir, gt_dir = splits[split]
         meta = _part_metadata(get_part_dataset(key), kind, with_eval)
@@ -306,6 +329,16 @@ def register_all_metadata(root: str | None = None) -> None:
         )
 
 
+def dataset_vocabulary_key(dataset_name: str) -> str:
+    """Vocabulary key (``partcatseg.vocab``) of a built-in dataset name, e.g. ``"pascal_part_116"``."""
+    try:
+        return _VOCABULARY_KEY[dataset_name]
+    except KeyError:
+        raise KeyError(
+            f"'{dataset_name}' is not a built-in dataset; known: {', '.join(sorted(_VOCABULARY_KEY))}"
+        ) from None
+
+
 def part_vocabulary_for(dataset_name: str) -> PartVocabulary:
     """The ``PartVocabulary`` of a registered part dataset (built from its ``stuff_classes``)."""
     if dataset_name not in MetadataCatalog:
@@ -322,3 +355,6 @@ def part_vocabulary_for(dataset_name: str) -> PartVocabulary:
 
 
 register_all_metadata()
+
+# Loaders of the same names (DatasetCatalog). Imported last: the registry module imports this one.
+import partcatseg.data.datasets.registry  # noqa: E402,F401  (registers on import)
