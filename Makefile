@@ -23,10 +23,18 @@ test: venv
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+# The toy demo: synthetic part dataset (if missing) -> train a reduced-width PartCATSeg from scratch
+# on the CPU (300 iterations, about 3 minutes on 2 cores) -> Oracle-Obj / Pred-All table.
+DETECTRON2_DATASETS ?= datasets
+export DETECTRON2_DATASETS
+DEMO_OUT ?= output/toy_demo
+
 demo: venv
-	@if [ -f tools/demo_toy.py ]; then $(PY) tools/demo_toy.py; else \
-	  echo "The toy training demo arrives with train_net.py (issue 4)."; \
-	  $(PY) -m partcatseg.selfcheck; fi
+	@test -f $(DETECTRON2_DATASETS)/ToyPart/toy_meta.json || \
+	  $(PY) tools/make_toy_dataset.py --out $(DETECTRON2_DATASETS)/ToyPart --num-train 120 --num-val 24 --quiet
+	$(PY) train_net.py --config-file configs/toy/partcatseg_toy.yaml OUTPUT_DIR $(DEMO_OUT)
+	@echo "Results: $(DEMO_OUT)/inference/results_table.txt (metrics.json, TensorBoard events and checkpoints in $(DEMO_OUT))"
+	@cat $(DEMO_OUT)/inference/results_table.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -454,6 +454,10 @@ def add_framework_config(cfg: CfgNode) -> None:
     cfg.TEST.SKIP_BAD_RECORDS = False
     # Autocast dtype when SOLVER.AMP.ENABLED: "bf16" or "fp16".
     cfg.SOLVER.AMP.DTYPE = "bf16"
+    # Pretrained DINOv2 loaded into backbone.dinov2 before MODEL.WEIGHTS when *training* (the official
+    # code takes it from torch.hub): a file path or a weights name (tools/download_weights.py --list);
+    # "" = keep the random initialisation (toy configs).
+    cfg.MODEL.DINO_WEIGHTS = "dinov2_vits14"
     # CLIP input side; 0 = official rule (384 for ViT-B/16, else 336). The patch grid it yields
     # must equal SEM_SEG_HEAD.FEATURE_RESOLUTION.
     cfg.MODEL.CLIP_RESOLUTION = 0

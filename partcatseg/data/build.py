@@ -342,7 +342,7 @@ class TestLoader:
                     continue
                 if item.reason == "bad" and not self.skip_bad_records:
                     raise BadRecordError(item.message)
-                log = logger.warning if item.reason == "bad" else logger.info
+                log = logger.warning if item.reason == "bad" else logger.debug
                 log("Skipping test record #%d (%s): %s", item.index, item.file_name, item.message)
                 self.skipped.append(item)
             if kept:

@@ -1,1 +1,71 @@
+"""Training and evaluation engine (detectron2's engine without detectron2).
 
+* :mod:`comm` — rank/world-size helpers and collectives (single-process safe);
+* :mod:`launch` — one process per GPU (or gloo CPU processes), or join a torchrun job;
+* :mod:`optim`, :mod:`lr_scheduler` — the official optimizer rules, gradient clipping, lr schedules;
+* :mod:`trainer`, :mod:`hooks`, :mod:`events` — the loop, its hooks, metrics and writers;
+* :mod:`defaults` — command-line parser and per-process setup; :mod:`inference` — evaluation loop.
+"""
+from . import comm
+from .ddp import create_ddp_model, unwrap_model
+from .defaults import collect_env_info, default_argument_parser, default_setup
+from .events import (
+    CommonMetricPrinter,
+    EventStorage,
+    EventWriter,
+    JSONWriter,
+    TensorboardWriter,
+    get_event_storage,
+)
+from .hooks import EvalHook, HookBase, LRScheduler, PeriodicCheckpointer, PeriodicWriter, flatten_results
+from .inference import inference_context, inference_on_dataset
+from .launch import launch
+from .logger import setup_logger
+from .lr_scheduler import LRMultiplier, PolyParamScheduler, WarmupParamScheduler, build_lr_scheduler
+from .optim import GradientClipper, build_gradient_clipper, build_optimizer, get_param_groups, uses_clip_multiplier
+from .rng import capture_rng_state, restore_rng_state, seed_all_rng, set_deterministic
+from .signals import StopSignals, ignore_stop_signals
+from .trainer import Trainer, default_hooks, default_writers
+
+__all__ = [
+    "CommonMetricPrinter",
+    "EvalHook",
+    "EventStorage",
+    "EventWriter",
+    "GradientClipper",
+    "HookBase",
+    "JSONWriter",
+    "LRMultiplier",
+    "LRScheduler",
+    "PeriodicCheckpointer",
+    "PeriodicWriter",
+    "PolyParamScheduler",
+    "StopSignals",
+    "TensorboardWriter",
+    "Trainer",
+    "WarmupParamScheduler",
+    "build_gradient_clipper",
+    "build_lr_scheduler",
+    "build_optimizer",
+    "capture_rng_state",
+    "collect_env_info",
+    "comm",
+    "create_ddp_model",
+    "default_argument_parser",
+    "default_hooks",
+    "default_setup",
+    "default_writers",
+    "flatten_results",
+    "get_event_storage",
+    "get_param_groups",
+    "ignore_stop_signals",
+    "inference_context",
+    "inference_on_dataset",
+    "launch",
+    "restore_rng_state",
+    "seed_all_rng",
+    "set_deterministic",
+    "setup_logger",
+    "unwrap_model",
+    "uses_clip_multiplier",
+]

@@ -107,7 +107,8 @@ def partcatseg_from_config(cfg) -> nn.Module:
 
     head = cfg.MODEL.SEM_SEG_HEAD
     train_meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
-    test_meta = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+    # no test set (e.g. a training-only job): inference uses the training vocabulary until changed
+    test_meta = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else train_meta
     templates = get_templates(cfg.MODEL.PROMPT_ENSEMBLE_TYPE)
     # ATTENTION_TYPE is read but ignored by the official aggregator: its class attention is always
     # the "query" (class-competition) variant.

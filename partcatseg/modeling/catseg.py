@@ -561,8 +561,9 @@ def _baseline_from_config(cfg: Any) -> CATSegBaseline:
     from .build import build_clip_from_config, build_dinov2_from_config, clip_resolution_from_config
 
     head = cfg.MODEL.SEM_SEG_HEAD
-    if not cfg.DATASETS.TRAIN or not cfg.DATASETS.TEST:
-        raise ConfigError("the CAT-Seg baseline needs DATASETS.TRAIN[0] and DATASETS.TEST[0] (its vocabularies)")
+    if not cfg.DATASETS.TRAIN:
+        raise ConfigError("the CAT-Seg baseline needs DATASETS.TRAIN[0] (its vocabulary)")
+    test_name = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else cfg.DATASETS.TRAIN[0]
     g = head.FEATURE_RESOLUTION[0]
     clip_model = build_clip_from_config(cfg)
     embed_dim = clip_model.text_projection.shape[-1]
@@ -600,8 +601,8 @@ def _baseline_from_config(cfg: Any) -> CATSegBaseline:
         clip_model=clip_model,
         aggregator=_aggregator_from_config(cfg, prompt_channel=len(templates), pad_len=0),
         train_class_names=_dataset_classes(cfg.DATASETS.TRAIN[0], "stuff_classes"),
-        test_class_names=_dataset_classes(cfg.DATASETS.TEST[0], "stuff_classes"),
-        test_obj_classes=_dataset_classes(cfg.DATASETS.TEST[0], "obj_classes"),
+        test_class_names=_dataset_classes(test_name, "stuff_classes"),
+        test_obj_classes=_dataset_classes(test_name, "obj_classes"),
         templates=templates,
         bg_on=head.BG_ON,
         clip_finetune=head.CLIP_FINETUNE,

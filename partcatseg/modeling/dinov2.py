@@ -92,3 +92,33 @@ class DINOv2Backbone(nn.Module):
         for name, side in zip(("res2", "res3", "res4"), self.out_sizes):
             out[name] = F.interpolate(feats, size=(side, side), mode="bilinear", align_corners=False)
         return out
+
+
+def load_dinov2_weights(backbone: DINOv2Backbone, path: str) -> list[str]:
+    """Load pretrained DINOv2 weights (timm safetensors or the official hub ``.pth``) into ``backbone``.
+
+    Accepts bare keys or ones prefixed ``dinov2.`` / ``backbone.dinov2.``; the hub's ``mask_token``
+    is optional (timm's files lack it).  Returns the keys left at their current values.
+    """
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("model", state) if isinstance(state, dict) else state
+    clean = {}
+    for key, value in state.items():
+        for prefix in ("backbone.dinov2.", "dinov2."):
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+                break
+        clean[key] = value
+    result = backbone.dinov2.load_state_dict(clean, strict=False)
+    missing = [k for k in result.missing_keys if k != "mask_token"]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(
+            f"{path} does not fit the DINOv2 backbone: missing {missing[:5]} ({len(missing)}), "
+            f"unexpected {result.unexpected_keys[:5]} ({len(result.unexpected_keys)})"
+        )
+    return list(result.missing_keys)

@@ -1,0 +1,161 @@
+"""Process-group helpers shared by the trainer, the hooks and the evaluators.
+
+Every function works unchanged in a single process (no ``torch.distributed`` group initialised):
+the world is then one rank, gathers return ``[obj]`` and barriers are no-ops, so callers never
+need to branch on "am I distributed?".
+
+Object collectives (``all_gather``, ``gather``) run on a gloo group even when training uses NCCL,
+as detectron2 does: pickled Python objects live on the CPU, and this keeps them off GPU memory.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "all_gather",
+    "gather",
+    "get_local_rank",
+    "get_local_size",
+    "get_rank",
+    "get_world_size",
+    "is_dist_initialized",
+    "is_main_process",
+    "reduce_dict",
+    "shared_random_seed",
+    "synchronize",
+]
+
+# Set by launch() for spawned workers (and for torchrun from its environment variables).
+_LOCAL_RANK: Optional[int] = None
+_LOCAL_SIZE: Optional[int] = None
+
+
+def is_dist_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist_initialized() else 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist_initialized() else 0
+
+
+def _set_local(local_rank: int, local_size: int) -> None:
+    """Record this process's position on its machine (called by :func:`launch`)."""
+    global _LOCAL_RANK, _LOCAL_SIZE
+    _LOCAL_RANK, _LOCAL_SIZE = int(local_rank), int(local_size)
+
+
+def _reset_local() -> None:
+    global _LOCAL_RANK, _LOCAL_SIZE
+    _LOCAL_RANK = _LOCAL_SIZE = None
+    _object_group.cache_clear()
+
+
+def get_local_rank() -> int:
+    """Rank within the machine: the GPU index this process drives."""
+    if not is_dist_initialized():
+        return 0
+    if _LOCAL_RANK is not None:
+        return _LOCAL_RANK
+    return int(os.environ.get("LOCAL_RANK", get_rank()))
+
+
+def get_local_size() -> int:
+    """Number of processes on this machine."""
+    if not is_dist_initialized():
+        return 1
+    if _LOCAL_SIZE is not None:
+        return _LOCAL_SIZE
+    return int(os.environ.get("LOCAL_WORLD_SIZE", get_world_size()))
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def _uses_nccl() -> bool:
+    return is_dist_initialized() and dist.get_backend() == "nccl"
+
+
+def _tensor_device() -> torch.device:
+    """The device tensors must live on for the default group's collectives."""
+    if _uses_nccl():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def synchronize() -> None:
+    """Barrier across all ranks (no-op in a single process)."""
+    if get_world_size() == 1:
+        return
+    if _uses_nccl():
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
+        dist.barrier()
+
+
+@functools.lru_cache(maxsize=None)
+def _object_group() -> Any:
+    """A gloo group for pickled-object collectives (created once, collectively, on first use)."""
+    if _uses_nccl():
+        return dist.new_group(backend="gloo")
+    return dist.group.WORLD
+
+
+def all_gather(obj: Any) -> List[Any]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+    world = get_world_size()
+    if world == 1:
+        return [obj]
+    out: List[Any] = [None] * world
+    dist.all_gather_object(out, obj, group=_object_group())
+    return out
+
+
+def gather(obj: Any, dst: int = 0) -> List[Any]:
+    """Every rank's ``obj`` in rank order on rank ``dst``; ``[]`` on the other ranks."""
+    world = get_world_size()
+    if world == 1:
+        return [obj]
+    if get_rank() == dst:
+        out: List[Any] = [None] * world
+        dist.gather_object(obj, out, dst=dst, group=_object_group())
+        return out
+    dist.gather_object(obj, None, dst=dst, group=_object_group())
+    return []
+
+
+def reduce_dict(input_dict: Dict[str, torch.Tensor], average: bool = True) -> Dict[str, torch.Tensor]:
+    """Sum (or mean, if ``average``) of scalar tensors across ranks, returned on every rank.
+
+    Keys are reduced in sorted order so that all ranks pair up the same values; every rank must
+    pass the same keys.
+    """
+    world = get_world_size()
+    if world == 1:
+        return dict(input_dict)
+    names = sorted(input_dict)
+    for name in names:
+        if input_dict[name].numel() != 1:
+            raise ValueError(f"reduce_dict: {name!r} has shape {tuple(input_dict[name].shape)}, expected a scalar")
+    device = _tensor_device()
+    values = torch.stack([input_dict[k].detach().reshape(()).to(device, torch.float64) for k in names])
+    dist.all_reduce(values)
+    if average:
+        values /= world
+    return {k: v.to(input_dict[k].dtype) for k, v in zip(names, values)}
+
+
+def shared_random_seed() -> int:
+    """A random int drawn on rank 0 and shared by all ranks (e.g. for an infinite sampler)."""
+    seed = int(np.random.randint(2**31))
+    return all_gather(seed)[0]

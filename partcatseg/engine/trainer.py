@@ -1,0 +1,467 @@
+"""The training loop: detectron2's ``SimpleTrainer`` + the parts of ``DefaultTrainer`` we need.
+
+One iteration (:meth:`Trainer.run_step`)::
+
+    batch = next(data)                        # "data_time"
+    loss_dict = model(batch)                  # under torch.autocast if SOLVER.AMP.ENABLED
+    total = sum(v for k, v in loss_dict.items() if k.startswith("loss"))
+    total.backward()                          # (scaled, for fp16 on CUDA)
+    grad_norm = clip(gradients)               # SOLVER.CLIP_GRADIENTS
+    metrics exchanged across ranks; NaN/inf loss or gradient -> FloatingPointError (no step)
+    optimizer.step()
+    hooks: lr scheduler step, checkpoint, evaluation, writers
+
+Because the finiteness check happens before ``optimizer.step()`` and on every rank at once, a
+NaN never reaches the weights or a checkpoint.
+
+Exact resume: a checkpoint holds the model, optimizer, scheduler (LRScheduler hook), GradScaler,
+the iteration, and per rank the python/numpy/torch RNG states and the data-loader position.
+``resume_or_load(resume=True)`` restores all of it, so on CPU with deterministic ops "N iterations"
+equals "N/2, stop, resume, N/2" bit for bit. The data position is restored for loaders that
+implement ``state_dict()``/``load_state_dict()`` (state after the batches handed out so far;
+``load_state_dict`` is called before the next ``iter()``). A loader without them may instead be
+built, after :meth:`Trainer.resume_or_load`, to start at ``trainer.start_iter`` and expose that as
+``loader.start_iter``. Otherwise the data order restarts, which is logged.
+
+SIGINT/SIGTERM while training: the current iteration finishes, a checkpoint ``model_{iter:07d}``
+is written (``last_checkpoint`` updated), :attr:`Trainer.interrupted` is set and ``train()``
+returns. In DDP all ranks agree on the stopping iteration through the per-step metric exchange
+(a request that arrives after this iteration's exchange takes effect one iteration later).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+import weakref
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from . import comm
+from .ddp import create_ddp_model, unwrap_model
+from .events import CommonMetricPrinter, EventStorage, EventWriter, JSONWriter, TensorboardWriter
+from .hooks import EvalHook, HookBase, LRScheduler, PeriodicCheckpointer, PeriodicWriter
+from .optim import GradientClipper, build_gradient_clipper, build_lr_scheduler, build_optimizer
+from .rng import capture_rng_state, restore_rng_state
+from .signals import StopSignals
+
+__all__ = ["Trainer", "default_hooks", "default_writers"]
+
+logger = logging.getLogger(__name__)
+
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _to_float(v: Any) -> float:
+    if isinstance(v, torch.Tensor):
+        if v.numel() != 1:
+            raise ValueError(f"expected a scalar, got a tensor of shape {tuple(v.shape)}")
+        return float(v.detach().float().cpu().item())
+    return float(v)
+
+
+def default_writers(output_dir: str, max_iter: int) -> List[EventWriter]:
+    """Console progress line, ``OUTPUT_DIR/metrics.json`` and TensorBoard events in ``OUTPUT_DIR``."""
+    return [
+        CommonMetricPrinter(max_iter),
+        JSONWriter(os.path.join(output_dir, "metrics.json")),
+        TensorboardWriter(output_dir),
+    ]
+
+
+def default_hooks(cfg: Any, trainer: "Trainer", test_function: Optional[Any] = None,
+                  writer_period: int = 20) -> List[HookBase]:
+    """detectron2's DefaultTrainer hooks, in its order (see :mod:`partcatseg.engine.hooks`)."""
+    hooks: List[HookBase] = [LRScheduler()]
+    if trainer.checkpointer is not None:
+        hooks.append(PeriodicCheckpointer(trainer.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+    if test_function is not None:
+        hooks.append(EvalHook(cfg.TEST.EVAL_PERIOD, test_function))
+    if comm.is_main_process():
+        hooks.append(PeriodicWriter(default_writers(cfg.OUTPUT_DIR, trainer.max_iter), period=writer_period))
+    return hooks
+
+
+class Trainer:
+    """Iteration-based trainer with hooks, AMP, gradient clipping, DDP and exact resume.
+
+    Build it from a config with :meth:`from_config` (optimizer, scheduler, clipping, DDP,
+    checkpointer and the default hooks), or directly from parts for custom loops and tests.
+
+    Args:
+        model: returns a dict of losses in training mode (keys starting with "loss" are summed).
+            It may set ``last_loss_terms`` (dict of scalars) to have them logged as ``term_*``.
+        data_loader: iterable of batches, usually infinite (see the module docstring for resume);
+            may be ``None`` until :meth:`train` (e.g. to build it after :meth:`resume_or_load`).
+        optimizer: e.g. from :func:`build_optimizer`.
+        max_iter: total number of iterations.
+        scheduler: lr scheduler stepped by the :class:`LRScheduler` hook.
+        grad_clipper: a :class:`GradientClipper`; ``None`` = no clipping (norm still checked).
+        amp_dtype: ``None`` (fp32), "bf16" or "fp16" autocast; fp16 uses a GradScaler on CUDA.
+    """
+
+    def __init__(self, model: nn.Module, data_loader: Optional[Iterable[Any]], optimizer: torch.optim.Optimizer, *,
+                 max_iter: int, scheduler: Any = None, grad_clipper: Optional[GradientClipper] = None,
+                 amp_dtype: Optional[str] = None, hooks: Sequence[HookBase] = ()):
+        if amp_dtype is not None and amp_dtype not in _AMP_DTYPES:
+            raise ValueError(f"amp_dtype={amp_dtype!r} (SOLVER.AMP.DTYPE): expected one of {list(_AMP_DTYPES)}")
+        self.model = model
+        self.data_loader = data_loader
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.grad_clipper = grad_clipper or GradientClipper(enabled=False)
+        self.max_iter = int(max_iter)
+        self.cfg: Any = None
+        self.checkpointer: Any = None
+        self.iter = 0
+        self.start_iter = 0
+        self.storage: Optional[EventStorage] = None
+        self.last_eval_results: Optional[Mapping[str, Any]] = None
+        self.interrupted: Optional[str] = None  # name of the signal / reason that stopped training early
+        self.last_saved_iter: Optional[int] = None
+        self._hooks: List[HookBase] = []
+        self._pending_hook_states: Dict[str, Any] = {}
+        self._pending_rank_state: Optional[Dict[str, Any]] = None
+        self._rank_states: Optional[List[Dict[str, Any]]] = None
+        self._loaded_trainer_state = False
+        self._batches_consumed = 0
+        self._data_iter: Any = None
+        self._stop_requested: Optional[str] = None
+        self._agreed_stop: Optional[str] = None
+        self._signals: Optional[StopSignals] = None
+
+        self._device_type = self._model_device_type()
+        self.amp_dtype = _AMP_DTYPES[amp_dtype] if amp_dtype else None
+        self.grad_scaler = None
+        if self.amp_dtype is torch.float16 and self._device_type == "cuda":
+            scaler_cls = getattr(torch.amp, "GradScaler", None)
+            self.grad_scaler = scaler_cls("cuda") if scaler_cls else torch.cuda.amp.GradScaler()
+        self.register_hooks(hooks)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, cfg: Any, model: nn.Module, data_loader: Optional[Iterable[Any]], *,
+                    test_function: Optional[Any] = None, clip_multiplier: Optional[bool] = None) -> "Trainer":
+        """DefaultTrainer essentials: DDP wrap, optimizer/scheduler/clipper from ``SOLVER.*``, a
+        :class:`~partcatseg.checkpoint.Checkpointer` in ``OUTPUT_DIR`` and the default hooks.
+
+        ``test_function()`` (optional) evaluates the model and returns a results dict; it runs
+        every ``TEST.EVAL_PERIOD`` iterations and at the end.
+        """
+        from ..checkpoint import Checkpointer
+
+        model = create_ddp_model(model)
+        optimizer = build_optimizer(cfg, model, clip_multiplier=clip_multiplier)
+        scheduler = build_lr_scheduler(cfg, optimizer)
+        amp = cfg.SOLVER.AMP.DTYPE if cfg.SOLVER.AMP.ENABLED else None
+        trainer = cls(model, data_loader, optimizer, max_iter=cfg.SOLVER.MAX_ITER, scheduler=scheduler,
+                      grad_clipper=build_gradient_clipper(cfg), amp_dtype=amp)
+        trainer.cfg = cfg
+        trainer.checkpointer = Checkpointer(unwrap_model(model), cfg.OUTPUT_DIR,
+                                            save_to_disk=comm.is_main_process(), trainer=weakref.proxy(trainer))
+        trainer.register_hooks(default_hooks(cfg, trainer, test_function))
+        return trainer
+
+    def register_hooks(self, hooks: Iterable[Optional[HookBase]]) -> None:
+        """Append hooks (run in registration order); ``None`` entries are skipped."""
+        for h in hooks:
+            if h is None:
+                continue
+            h.trainer = weakref.proxy(self)
+            name = type(h).__qualname__
+            if name in self._pending_hook_states:
+                h.load_state_dict(self._pending_hook_states.pop(name))
+            self._hooks.append(h)
+
+    def _model_device_type(self) -> str:
+        try:
+            return next(unwrap_model(self.model).parameters()).device.type
+        except StopIteration:
+            return "cpu"
+
+    # ------------------------------------------------------------------ checkpoint state
+    def _local_rank_state(self) -> Dict[str, Any]:
+        loader_state = None
+        if callable(getattr(self.data_loader, "state_dict", None)):
+            loader_state = self.data_loader.state_dict()
+        return {"rng": capture_rng_state(),
+                "data": {"batches_consumed": self._batches_consumed, "loader": loader_state}}
+
+    def snapshot_rank_states(self) -> None:
+        """Collect every rank's RNG and data state for the next save (collective)."""
+        self._rank_states = comm.all_gather(self._local_rank_state())
+
+    def save_checkpoint(self, name: str, checkpointer: Any = None) -> None:
+        """Save ``name``.pth now (collective: every rank calls it at the same iteration)."""
+        checkpointer = checkpointer or self.checkpointer
+        if checkpointer is None:
+            raise RuntimeError("Trainer.save_checkpoint: no checkpointer (use from_config or set trainer.checkpointer)")
+        self.snapshot_rank_states()
+        try:
+            checkpointer.save(name, iteration=self.iter)
+        finally:
+            self._rank_states = None
+        self.last_saved_iter = self.iter
+
+    def state_dict(self) -> Dict[str, Any]:
+        state: Dict[str, Any] = {"iteration": self.iter, "optimizer": self.optimizer.state_dict()}
+        hooks = {type(h).__qualname__: h.state_dict() for h in self._hooks}
+        hooks = {k: v for k, v in hooks.items() if v}
+        if hooks:
+            state["hooks"] = hooks
+        if self.grad_scaler is not None:
+            state["grad_scaler"] = self.grad_scaler.state_dict()
+        state["rank_states"] = self._rank_states if self._rank_states is not None else [self._local_rank_state()]
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.iter = int(state["iteration"])
+        self._loaded_trainer_state = True
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+        hook_states = dict(state.get("hooks", {}))
+        for h in self._hooks:
+            name = type(h).__qualname__
+            if name in hook_states:
+                h.load_state_dict(hook_states.pop(name))
+        self._pending_hook_states = hook_states  # for hooks registered later
+        if self.grad_scaler is not None and "grad_scaler" in state:
+            self.grad_scaler.load_state_dict(state["grad_scaler"])
+        ranks = list(state.get("rank_states") or [])
+        world, rank = comm.get_world_size(), comm.get_rank()
+        if len(ranks) == world:
+            self._pending_rank_state = ranks[rank]
+        elif ranks:
+            logger.warning("checkpoint was written by %d process(es), this run has %d: data positions are taken "
+                           "from rank 0, random streams are not restored (the run will not be bit-identical)",
+                           len(ranks), world)
+            self._pending_rank_state = {"data": ranks[0].get("data")}
+        else:
+            self._pending_rank_state = None
+
+    def resume_or_load(self, resume: bool = True, weights: Optional[str] = None) -> None:
+        """With ``resume`` and a ``last_checkpoint`` in the output dir: restore everything and continue
+        at the next iteration. Otherwise load only model weights from ``weights`` (default
+        ``cfg.MODEL.WEIGHTS``; "" = keep the initialisation) and start at iteration 0."""
+        if self.checkpointer is None:
+            raise RuntimeError("Trainer.resume_or_load: no checkpointer (use from_config or set trainer.checkpointer)")
+        if weights is None:
+            weights = self.cfg.MODEL.WEIGHTS if self.cfg is not None else ""
+        self._loaded_trainer_state = False
+        extra = self.checkpointer.resume_or_load(weights, resume=resume)
+        if resume and self.checkpointer.has_checkpoint():
+            last = self.iter if self._loaded_trainer_state else int(extra.get("iteration", -1))
+            self.start_iter = last + 1
+            logger.info("resuming at iteration %d from %s", self.start_iter, self.checkpointer.get_checkpoint_file())
+        else:
+            self.start_iter = 0
+
+    # ------------------------------------------------------------------ control
+    def request_stop(self, reason: str = "stop request") -> None:
+        """Stop after the current iteration, saving a checkpoint (as on SIGTERM)."""
+        self._stop_requested = reason
+
+    def _local_stop_reason(self) -> Optional[str]:
+        if self._signals is not None and self._signals.received:
+            return self._signals.received
+        return self._stop_requested
+
+    def _last_checkpoint_path(self) -> str:
+        if self.checkpointer is not None and self.checkpointer.has_checkpoint():
+            return self.checkpointer.get_checkpoint_file()
+        return "none"
+
+    # ------------------------------------------------------------------ loop
+    def before_train(self) -> None:
+        for h in self._hooks:
+            h.before_train()
+
+    def after_train(self) -> None:
+        if self.storage is not None:
+            self.storage.iter = self.iter
+        for h in self._hooks:
+            h.after_train()
+
+    def before_step(self) -> None:
+        self.storage.iter = self.iter
+        for h in self._hooks:
+            h.before_step()
+
+    def after_step(self) -> None:
+        for h in self._hooks:
+            h.after_step()
+
+    def _start_data(self) -> None:
+        """Restore the loader position (if any), create the iterator, then restore RNG states.
+
+        RNG comes last so that whatever ``iter(loader)`` draws (e.g. DataLoader worker seeds)
+        does not shift the training's random stream relative to the uninterrupted run.
+        """
+        state, self._pending_rank_state = self._pending_rank_state, None
+        data = (state or {}).get("data") or {}
+        consumed = int(data.get("batches_consumed", 0)) if state else self._batches_consumed
+        loader_state = data.get("loader")
+        if self.data_loader is None:
+            raise RuntimeError("Trainer.train: no data loader (set trainer.data_loader before training)")
+        if loader_state is not None and callable(getattr(self.data_loader, "load_state_dict", None)):
+            self.data_loader.load_state_dict(loader_state)
+        elif consumed and getattr(self.data_loader, "start_iter", None) == consumed:
+            pass  # a loader built to start at the resumed position (e.g. build_train_loader(start_iter=...))
+        elif consumed:
+            logger.warning("the training data loader (%s) cannot restore its position (no state_dict/"
+                           "load_state_dict or none saved): it restarts from its beginning, so the data order "
+                           "differs from an uninterrupted run", type(self.data_loader).__name__)
+        self._batches_consumed = consumed
+        self._data_iter = iter(self.data_loader)
+        if state and state.get("rng"):
+            restore_rng_state(state["rng"])
+
+    def train(self, start_iter: Optional[int] = None, max_iter: Optional[int] = None) -> Optional[Mapping[str, Any]]:
+        """Run iterations ``start_iter .. max_iter-1``; returns the last evaluation results (if any).
+
+        Returns early, with :attr:`interrupted` set, after SIGINT/SIGTERM or :meth:`request_stop`.
+        """
+        start = self.start_iter if start_iter is None else int(start_iter)
+        if max_iter is not None:
+            self.max_iter = int(max_iter)
+        self.iter = self.start_iter = start
+        self.interrupted = self._stop_requested = self._agreed_stop = None
+        logger.info("Starting training from iteration %d (max_iter %d)", start, self.max_iter)
+        self.model.train()
+        self._params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        t_start = time.perf_counter()
+        with EventStorage(start) as self.storage, StopSignals() as self._signals:
+            try:
+                self.before_train()
+                self._start_data()
+                for self.iter in range(start, self.max_iter):
+                    self.before_step()
+                    self.run_step()
+                    self.after_step()
+                    if self.iter < self.max_iter - 1 and self._should_stop():
+                        break
+                else:
+                    self.iter = self.max_iter
+            except Exception:
+                logger.exception("Exception during training at iteration %d:", self.iter)
+                raise
+            finally:
+                try:
+                    self.after_train()
+                finally:
+                    self._signals = None
+                    self._data_iter = None
+        done = (self.iter if self.interrupted else self.max_iter) - start
+        if done > 0:
+            total = time.perf_counter() - t_start
+            logger.info("Overall training speed: %d iterations in %s (%.4f s / it)", done,
+                        time.strftime("%H:%M:%S", time.gmtime(total)), total / done)
+        return self.last_eval_results
+
+    def _should_stop(self) -> bool:
+        reason = self._agreed_stop if comm.get_world_size() > 1 else self._local_stop_reason()
+        if not reason:
+            return False
+        self.interrupted = reason
+        if self.checkpointer is not None and self.last_saved_iter != self.iter:
+            self.save_checkpoint(f"model_{self.iter:07d}")
+        logger.warning("Training stopped by %s after iteration %d. Last checkpoint: %s. Resume with --resume "
+                       "(continues at iteration %d).", reason, self.iter, self._last_checkpoint_path(), self.iter + 1)
+        return True
+
+    def _autocast(self) -> Any:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self._device_type, dtype=self.amp_dtype)
+
+    def _next_batch(self) -> Any:
+        try:
+            batch = next(self._data_iter)
+        except StopIteration:
+            raise RuntimeError(
+                f"the training data loader is exhausted after {self._batches_consumed} batches (iteration "
+                f"{self.iter} of {self.max_iter}); training loaders must be infinite (e.g. a TrainingSampler)"
+            ) from None
+        self._batches_consumed += 1
+        return batch
+
+    def _loss_terms(self) -> Dict[str, float]:
+        terms = getattr(unwrap_model(self.model), "last_loss_terms", None)
+        if not isinstance(terms, Mapping):
+            return {}
+        out = {}
+        for k, v in terms.items():
+            try:
+                out[k if k.startswith("term_") else f"term_{k}"] = _to_float(v)
+            except (TypeError, ValueError):
+                continue
+        return out
+
+    def run_step(self) -> None:
+        t0 = time.perf_counter()
+        batch = self._next_batch()
+        data_time = time.perf_counter() - t0
+
+        with self._autocast():
+            loss_dict = self.model(batch)
+        if isinstance(loss_dict, torch.Tensor):
+            loss_dict = {"loss": loss_dict}
+        if not isinstance(loss_dict, Mapping):
+            raise TypeError(f"the model returned {type(loss_dict).__name__} in training mode, "
+                            "expected a dict of losses")
+        loss_keys = [k for k in loss_dict if k.startswith("loss")]
+        if not loss_keys:
+            raise ValueError(f"the model's loss dict has no key starting with 'loss': {sorted(loss_dict)}")
+        losses = sum(loss_dict[k] for k in loss_keys)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(losses).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+        else:
+            losses.backward()
+        grad_norm = self.grad_clipper(self._params)
+
+        values = {k: _to_float(v) for k, v in loss_dict.items()}
+        values["total_loss"] = _to_float(losses)
+        gnorm = _to_float(grad_norm) if grad_norm is not None else None
+        bad_loss = not all(math.isfinite(v) for v in values.values())
+        # with a GradScaler, inf gradients are expected now and then: the scaler skips that step
+        bad_grad = self.grad_scaler is None and gnorm is not None and not math.isfinite(gnorm)
+        local = {"values": values, "terms": self._loss_terms(), "data_time": data_time, "grad_norm": gnorm,
+                 "bad": bad_loss or bad_grad, "stop": self._local_stop_reason()}
+        everyone = comm.all_gather(local)
+
+        bad_ranks = [r for r, m in enumerate(everyone) if m["bad"]]
+        if bad_ranks:
+            what = "loss" if bad_loss else ("gradients" if bad_grad else "loss or gradients on another rank")
+            raise FloatingPointError(
+                f"{what} became NaN or infinite at iteration {self.iter} (rank(s) {bad_ranks}): "
+                f"loss_dict = {values}, grad_norm = {gnorm}. The optimizer step was skipped, so the weights are "
+                f"those after iteration {self.iter - 1}; last checkpoint: {self._last_checkpoint_path()}."
+            )
+        self._agreed_stop = next((m["stop"] for m in everyone if m["stop"]), None)
+
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
+        self._write_metrics(everyone, time.perf_counter() - t0)
+
+    def _write_metrics(self, everyone: Sequence[Dict[str, Any]], step_time: float) -> None:
+        """Average losses/terms over ranks, take the slowest data time, and store them."""
+        n = len(everyone)
+        storage = self.storage
+        for key in everyone[0]["values"]:
+            storage.put_scalar(key, sum(m["values"].get(key, 0.0) for m in everyone) / n)
+        for key in everyone[0]["terms"]:
+            storage.put_scalar(key, sum(m["terms"].get(key, 0.0) for m in everyone) / n)
+        storage.put_scalar("data_time", max(m["data_time"] for m in everyone))
+        storage.put_scalar("time", step_time)
+        if everyone[0]["grad_norm"] is not None:
+            storage.put_scalar("grad_norm", everyone[0]["grad_norm"])

@@ -1,0 +1,83 @@
+#!/usr/bin/env python
+"""Train and evaluate PartCATSeg / CAT-Seg with detectron2's command line.
+
+    python train_net.py --config-file configs/zero_shot/partcatseg_voc.yaml --num-gpus 4
+    python train_net.py --config-file configs/zero_shot/partcatseg_voc.yaml --eval-only MODEL.WEIGHTS partcatseg_voc
+    python train_net.py --config-file configs/toy/partcatseg_toy.yaml MODEL.DEVICE cpu     # the toy demo
+    torchrun --nproc_per_node 4 train_net.py --config-file ...                              # torchrun works too
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from partcatseg.checkpoint import Checkpointer  # noqa: E402
+from partcatseg.config import setup_cfg  # noqa: E402
+from partcatseg.engine import Trainer, default_argument_parser, default_setup, launch  # noqa: E402
+from partcatseg.engine.ddp import unwrap_model  # noqa: E402
+from partcatseg.engine.rng import seed_all_rng  # noqa: E402
+from partcatseg.engine.runner import evaluate, train_loader_from_config  # noqa: E402
+from partcatseg.modeling import build_model  # noqa: E402
+from partcatseg.weights import resolve_weights  # noqa: E402
+
+logger = logging.getLogger("partcatseg.train_net")
+
+
+def load_pretrained_guidance(cfg, model) -> None:
+    """Training only: pretrained DINOv2 under the checkpoint (the official code uses torch.hub)."""
+    backbone = getattr(unwrap_model(model), "backbone", None)
+    if not cfg.MODEL.DINO_WEIGHTS or not hasattr(backbone, "dinov2"):
+        return
+    from partcatseg.modeling.dinov2 import load_dinov2_weights
+
+    path = resolve_weights(cfg.MODEL.DINO_WEIGHTS)
+    load_dinov2_weights(backbone, path)
+    logger.info("Loaded pretrained DINOv2 from %s", path)
+
+
+def main(args):
+    cfg = setup_cfg(args.config_file, args.opts + (["EVAL_ONLY", "True"] if args.eval_only else []))
+    default_setup(cfg, args)
+    if cfg.SEED >= 0:
+        # part-catseg seeds every rank identically right before building the model
+        seed_all_rng(cfg.SEED)
+    model = build_model(cfg)
+    weights = resolve_weights(cfg.MODEL.WEIGHTS)
+
+    if args.eval_only:
+        checkpointer = Checkpointer(model, cfg.OUTPUT_DIR)
+        if args.resume and checkpointer.has_checkpoint():
+            checkpointer.resume_or_load(weights, resume=True)
+        elif weights:
+            report = checkpointer.load_weights(weights)
+            if not report.loaded:
+                raise RuntimeError(f"nothing from {weights} matched the model")
+        else:
+            logger.warning("Evaluating a randomly initialised model (MODEL.WEIGHTS is empty)")
+        return evaluate(cfg, model)
+
+    test_function = (lambda: evaluate(cfg, unwrap_model(trainer.model))) if cfg.DATASETS.TEST else None
+    trainer = Trainer.from_config(cfg, model, None, test_function=test_function)
+    if not (args.resume and trainer.checkpointer.has_checkpoint()):
+        load_pretrained_guidance(cfg, trainer.model)
+    trainer.resume_or_load(resume=args.resume, weights=weights)
+    trainer.data_loader = train_loader_from_config(cfg, start_iter=trainer.start_iter)
+    results = trainer.train()
+    if trainer.interrupted:
+        logger.info("Interrupted; resume with --resume (OUTPUT_DIR=%s)", cfg.OUTPUT_DIR)
+        return None
+    return results
+
+
+def cli(argv=None):
+    args = default_argument_parser().parse_args(argv)
+    return launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+                  dist_url=args.dist_url, args=(args,))
+
+
+if __name__ == "__main__":
+    cli()
