@@ -31,4 +31,7 @@ setup(
     extras_require={
         "dev": ["pytest>=7.0", "scikit-image>=0.21"],
     },
+    entry_points={
+        "console_scripts": ["partcatseg-demo=partcatseg.cli.demo:main"],
+    },
 )
