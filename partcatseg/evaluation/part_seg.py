@@ -156,25 +156,40 @@ class PartSegEvaluator:
                 )
             pred = _argmax_labels(output["sem_seg"], "sem_seg", n)
             pred_all = _argmax_labels(output["sem_seg_all"], "sem_seg_all", n + 1)
-            if pred.shape != pred_all.shape:
-                raise ValueError(
-                    f"{source}: 'sem_seg' is {tuple(pred.shape)} but 'sem_seg_all' is {tuple(pred_all.shape)}"
-                )
-            gt = resize_gt_nearest(self._gt_part_map(record), tuple(pred.shape))
-            ignored = gt == self.ignore_label
-            bad = ~ignored & ((gt < 0) | (gt >= n))
-            if bad.any():
-                raise ValueError(
-                    f"{source}: GT part labels {sorted(torch.unique(gt[bad]).tolist())[:10]} outside "
-                    f"[0, {n - 1}] and the ignore label {self.ignore_label}"
-                )
-            pred = pred.masked_fill(ignored, n)
-            pred_all = pred_all.masked_fill(ignored, n)  # background (index n) is already in bin n
-            gt = gt.masked_fill(ignored, n)
-            gt_np = gt.numpy()
-            self._conf["oracle_obj"] += confusion_matrix(pred.numpy(), gt_np, n)
-            self._conf["pred_all"] += confusion_matrix(pred_all.numpy(), gt_np, n)
-            self._num_records += 1
+            self.process_labels(record, pred, pred_all)
+
+    def process_labels(self, record: Mapping[str, Any], pred: torch.Tensor, pred_all: torch.Tensor) -> None:
+        """Accumulate one record from label maps (H, W) at the original image size.
+
+        ``pred`` holds Oracle-Obj labels in [0, N); ``pred_all`` Pred-All labels in [0, N] where N is
+        the background.  Any other value (e.g. 255 "no class" in a saved PNG) counts as a miss.
+        Used by :meth:`process` and by ``tools/evaluate_predictions.py``.
+        """
+        n = self.num_classes
+        source = str(record.get("file_name", "<record>"))
+        pred = torch.as_tensor(pred).long()
+        pred_all = torch.as_tensor(pred_all).long()
+        pred = pred.masked_fill((pred < 0) | (pred >= n), n)
+        pred_all = pred_all.masked_fill((pred_all < 0) | (pred_all > n), n)
+        if pred.shape != pred_all.shape:
+            raise ValueError(
+                f"{source}: 'sem_seg' is {tuple(pred.shape)} but 'sem_seg_all' is {tuple(pred_all.shape)}"
+            )
+        gt = resize_gt_nearest(self._gt_part_map(record), tuple(pred.shape))
+        ignored = gt == self.ignore_label
+        bad = ~ignored & ((gt < 0) | (gt >= n))
+        if bad.any():
+            raise ValueError(
+                f"{source}: GT part labels {sorted(torch.unique(gt[bad]).tolist())[:10]} outside "
+                f"[0, {n - 1}] and the ignore label {self.ignore_label}"
+            )
+        pred = pred.masked_fill(ignored, n)
+        pred_all = pred_all.masked_fill(ignored, n)  # background (index n) is already in bin n
+        gt = gt.masked_fill(ignored, n)
+        gt_np = gt.numpy()
+        self._conf["oracle_obj"] += confusion_matrix(pred.numpy(), gt_np, n)
+        self._conf["pred_all"] += confusion_matrix(pred_all.numpy(), gt_np, n)
+        self._num_records += 1
 
     # ------------------------------------------------------------------------------------------
     def confusion_matrices(self) -> Tuple[Dict[str, np.ndarray], int]:
