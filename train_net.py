@@ -74,7 +74,12 @@ def main(args):
 
 
 def cli(argv=None):
-    args = default_argument_parser().parse_args(argv)
+    parser = default_argument_parser()
+    parser.add_argument("--skip-bad-records", action="store_true",
+                        help="evaluation skips unreadable/corrupt records (reported by name) instead of stopping")
+    args = parser.parse_args(argv)
+    if args.skip_bad_records:
+        args.opts = list(args.opts) + ["TEST.SKIP_BAD_RECORDS", "True"]
     return launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                   dist_url=args.dist_url, args=(args,))
 
