@@ -458,6 +458,9 @@ def add_framework_config(cfg: CfgNode) -> None:
     # code takes it from torch.hub): a file path or a weights name (tools/download_weights.py --list);
     # "" = keep the random initialisation (toy configs).
     cfg.MODEL.DINO_WEIGHTS = "dinov2_vits14"
+    # Pretrained CLIP for training when MODEL.WEIGHTS does not hold one (official: clip.load of the
+    # OpenAI weights); "auto" = the OpenAI CLIP of SEM_SEG_HEAD.CLIP_PRETRAINED, "" = keep random.
+    cfg.MODEL.CLIP_WEIGHTS = "auto"
     # CLIP input side; 0 = official rule (384 for ViT-B/16, else 336). The patch grid it yields
     # must equal SEM_SEG_HEAD.FEATURE_RESOLUTION.
     cfg.MODEL.CLIP_RESOLUTION = 0

@@ -28,7 +28,12 @@ __all__ = [
     "resize_clip_pos_embed",
     "encode_image_dense",
     "tokenize",
+    "load_clip_weights",
+    "OPENAI_CLIP_WEIGHTS",
 ]
+
+# Weights names (partcatseg.weights) of the OpenAI CLIP each official CLIP_PRETRAINED starts from.
+OPENAI_CLIP_WEIGHTS = {"ViT-B/16": "clip_vitb16_openai", "ViT-L/14@336px": "clip_vitl14_336_openai"}
 
 # Official CLIP_PRETRAINED names -> open_clip model names.  QuickGELU matters: OpenAI weights were
 # trained with it, and open_clip's plain "ViT-B-16" silently builds nn.GELU.
@@ -173,3 +178,25 @@ def tokenize(texts: Sequence[str]) -> torch.Tensor:
 
         _TOKENIZER = SimpleTokenizer()
     return _TOKENIZER(list(texts))
+
+
+def load_clip_weights(clip_model: nn.Module, path: str) -> None:
+    """Load pretrained CLIP weights (open_clip safetensors/.bin, or OpenAI's TorchScript ``.pt``).
+
+    The file's attention layout is converted to the model's (split q/k/v for CAT-Seg CVPR); every
+    model key must be present.
+    """
+    from ..checkpoint import convert_qkv_layout
+
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - OpenAI's files are TorchScript archives
+            state = torch.jit.load(path, map_location="cpu").state_dict()
+    state = {k: v for k, v in state.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+    state = convert_qkv_layout(state, set(clip_model.state_dict()))
+    clip_model.load_state_dict(state, strict=True)
