@@ -48,7 +48,7 @@ def test_toy_training_learns_and_beats_the_untrained_model(toy_root, tmp_path):
     untrained = read_results(tmp_path / "untrained")
 
     out = tmp_path / "train"
-    run_train_net(toy_root, out, "SOLVER.MAX_ITER", "200", "SOLVER.CHECKPOINT_PERIOD", "100")
+    run_train_net(toy_root, out, "SOLVER.MAX_ITER", "150", "SOLVER.CHECKPOINT_PERIOD", "75")
     trained = read_results(out)
     # clearly above what the randomly initialised network scores on the seen classes
     assert seen(trained) > seen(untrained) + 15, (seen(untrained), seen(trained))
