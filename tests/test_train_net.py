@@ -129,3 +129,23 @@ def test_nan_loss_stops_with_iteration_and_keeps_last_checkpoint(toy_root, tmp_p
     last = (out / "last_checkpoint").read_text().strip()
     state = torch.load(out / last, weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.slow
+def test_truncated_image_fails_by_name_or_is_skipped_and_reported(tmp_path):
+    from partcatseg.data.datasets import make_toy_dataset
+
+    root = tmp_path / "datasets"
+    make_toy_dataset(str(root / "ToyPart"), seed=2, num_train=2, num_val=6)
+    victim = sorted((root / "ToyPart" / "images" / "val").glob("*.jpg"))[0]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 3])  # a half-copied file
+    proc = run_train_net(root, tmp_path / "strict", "--eval-only", "MODEL.WEIGHTS", "", check=False)
+    assert proc.returncode != 0 and victim.name in proc.stdout + proc.stderr
+    lenient = run_train_net(root, tmp_path / "lenient", "--eval-only", "--skip-bad-records", "MODEL.WEIGHTS", "")
+    listed = json.loads((tmp_path / "lenient" / "inference" / "toy_obj_part_sem_seg_val_obj_condition"
+                         / "skipped_records.json").read_text())
+    bad = [r for r in listed if r["reason"] == "bad"]
+    assert bad and all(r["file_name"].endswith(victim.name) for r in bad)
+    assert f"{len(listed)} record(s) were not evaluated" in lenient.stdout + lenient.stderr
+    assert read_results(tmp_path / "lenient")["num_records"] > 0
