@@ -485,22 +485,11 @@ def _check_dims(head: Any, expected: dict[str, Any], why: str) -> None:
 
 
 def _aggregator_from_config(cfg: Any, prompt_channel: int, pad_len: int) -> CATSegAggregator:
-    head = cfg.MODEL.SEM_SEG_HEAD
+    from .build import aggregator_kwargs
+
     return CATSegAggregator(
-        text_guidance_dim=head.TEXT_GUIDANCE_DIM,
-        text_guidance_proj_dim=head.TEXT_GUIDANCE_PROJ_DIM,
-        appearance_guidance_dim=head.APPEARANCE_GUIDANCE_DIM,
-        appearance_guidance_proj_dim=head.APPEARANCE_GUIDANCE_PROJ_DIM,
-        decoder_dims=tuple(head.DECODER_DIMS),
-        decoder_guidance_dims=tuple(head.DECODER_GUIDANCE_DIMS),
-        decoder_guidance_proj_dims=tuple(head.DECODER_GUIDANCE_PROJ_DIMS),
-        num_layers=head.NUM_LAYERS,
-        nheads=head.NUM_HEADS,
-        hidden_dim=head.HIDDEN_DIMS,
-        pooling_size=tuple(head.POOLING_SIZES),
-        feature_resolution=tuple(head.FEATURE_RESOLUTION),
-        window_size=head.WINDOW_SIZES,
-        attention_type=head.ATTENTION_TYPE,
+        **aggregator_kwargs(cfg),
+        attention_type=cfg.MODEL.SEM_SEG_HEAD.ATTENTION_TYPE,
         prompt_channel=prompt_channel,
         pad_len=pad_len,
     )
