@@ -19,6 +19,8 @@ Text features are computed once per vocabulary and cached on disk by the model
 """
 from __future__ import annotations
 
+import abc
+
 import json
 import logging
 import os
@@ -421,7 +423,7 @@ def _as_list(x: Any, n: int, what: str, single_types: tuple) -> list:
     return [x] * n
 
 
-class _Predictor:
+class _Predictor(abc.ABC):
     """Input handling, batching and label decoding shared by the part and semantic predictors."""
 
     model: nn.Module
@@ -436,8 +438,9 @@ class _Predictor:
         self.cfg = cfg
 
     @property
+    @abc.abstractmethod
     def class_names(self) -> list[str]:
-        raise NotImplementedError
+        """The current vocabulary's class names."""
 
     def _decode(self, out: dict, task: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(labels (H,W) long, confidence (H,W), scores (C,H,W)) at the working size."""

@@ -28,6 +28,8 @@ Behaviour reproduced from detectron2 0.6 / the official mappers:
 """
 from __future__ import annotations
 
+import abc
+
 import random
 import sys
 from dataclasses import dataclass
@@ -157,11 +159,12 @@ class AugInput:
 AugInput2 = AugInput  # the official name
 
 
-class Augmentation:
+class Augmentation(abc.ABC):
     """A random policy: ``get_transform(aug_input, rng)`` returns a deterministic ``Transform``."""
 
+    @abc.abstractmethod
     def get_transform(self, aug_input: AugInput, rng: AugRandom) -> Transform:
-        raise NotImplementedError
+        """The deterministic transform this policy draws for ``aug_input``."""
 
     def __call__(self, aug_input: AugInput, rng: AugRandom) -> Transform:
         tfm = self.get_transform(aug_input, rng)

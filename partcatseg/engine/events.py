@@ -13,6 +13,8 @@ the last ``window_size`` values; others (lr, evaluation results) as their latest
 """
 from __future__ import annotations
 
+import abc
+
 import datetime
 import json
 import logging
@@ -100,11 +102,12 @@ class EventStorage:
         _STORAGE_STACK.pop()
 
 
-class EventWriter:
+class EventWriter(abc.ABC):
     """Base class: ``write()`` reports what the current storage holds; ``close()`` releases files."""
 
+    @abc.abstractmethod
     def write(self) -> None:
-        raise NotImplementedError
+        """Report what the current storage holds."""
 
     def close(self) -> None:
         pass

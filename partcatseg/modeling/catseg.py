@@ -13,6 +13,8 @@ Vocabularies are plain lists; only :func:`catseg_from_config` reads a config.
 """
 from __future__ import annotations
 
+import abc
+
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -184,7 +186,7 @@ def _tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
     return tokens[:, 1:].transpose(1, 2).reshape(b, c, side, side)
 
 
-class _CATSegCommon(nn.Module):
+class _CATSegCommon(nn.Module, abc.ABC):
     """Buffers, properties and the inference loop both meta-architectures share."""
 
     sem_seg_head: CATSegHead
@@ -219,9 +221,9 @@ class _CATSegCommon(nn.Module):
             images, self.clip_pixel_mean, self.clip_pixel_std, self.size_divisibility, self.clip_resolution
         )
 
+    @abc.abstractmethod
     def predict_logits(self, images: Sequence[torch.Tensor], text: torch.Tensor) -> torch.Tensor:
         """(B, T, 4h, 4w) logits for (3, H, W) 0-255 images and (T, P, C) text features."""
-        raise NotImplementedError
 
     def _probabilities(self, batched_inputs: list[dict], text: torch.Tensor) -> list[torch.Tensor]:
         """Per-record (T, height, width) probabilities (whole-image or sliding-window)."""
