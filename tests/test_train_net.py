@@ -115,6 +115,16 @@ def test_eval_only_prints_paper_tables_and_writes_files(toy_root, tmp_path):
     assert "class" in header
     assert json.loads((res_dir / "skipped_records.json").read_text())  # part-less objects are listed
     assert not (out / "model_final.pth").exists()
+    # batched evaluation (TEST.IMS_PER_BATCH) gives the same metrics
+    out3 = tmp_path / "eval_batch3"
+    run_train_net(toy_root, out3, "--eval-only", "MODEL.WEIGHTS", str(ckpt), "TEST.IMS_PER_BATCH", "3")
+    batched = read_results(out3)
+    for protocol in ("oracle_obj", "pred_all"):
+        for definition, metrics in results[protocol].items():
+            numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+            assert numbers, (protocol, definition)
+            got = {k: batched[protocol][definition][k] for k in numbers}
+            assert got == pytest.approx(numbers, abs=1e-6), (protocol, definition)
 
 
 @pytest.mark.slow

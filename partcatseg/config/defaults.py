@@ -448,8 +448,18 @@ def add_framework_config(cfg: CfgNode) -> None:
     cfg.MODEL.TEXT_CACHE_DIR = ""
     # Compute text features in fp16 (faster on GPU, not bit-identical to the official fp32 path).
     cfg.MODEL.TEXT_FP16 = False
-    # Evaluate the class vocabulary in chunks of this many classes to bound memory; 0 = off.
+    # Classes per aggregator slice at inference (exact; bounds memory and is faster on CPU):
+    # 0 = automatic (partcatseg.modeling.speed.auto_class_chunk); >= the vocabulary size = one pass.
     cfg.TEST.CLASS_CHUNK = 0
+    # Images per inference batch in evaluation (per process; the official code uses 1).  Every image
+    # is preprocessed on its own, so results do not depend on it; larger batches use more memory.
+    cfg.TEST.IMS_PER_BATCH = 1
+    # Inference autocast: "" (fp32), "bf16" or "fp16" (text features stay fp32; outputs are fp32).
+    cfg.TEST.AMP = ""
+    # Store conv weights channels-last (NHWC); helps the ResNet guidance backbone.
+    cfg.MODEL.CHANNELS_LAST = False
+    # torch.compile the encoders and the aggregator in place (first calls pay the compilation).
+    cfg.MODEL.COMPILE = False
     # Skip (and log) dataset records whose image/label cannot be read instead of failing.
     cfg.TEST.SKIP_BAD_RECORDS = False
     # Autocast dtype when SOLVER.AMP.ENABLED: "bf16" or "fp16".

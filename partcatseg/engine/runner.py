@@ -53,7 +53,7 @@ def test_loader_from_config(cfg: Any, dataset_name: str):
         raise ValueError(f"dataset {dataset_name!r} has no records: evaluation on an empty split is an error")
     mapper = build_mapper(cfg, is_train=False, dataset_name=dataset_name)
     return build_test_loader(
-        dicts, mapper, batch_size=1, num_workers=cfg.DATALOADER.NUM_WORKERS,
+        dicts, mapper, batch_size=cfg.TEST.IMS_PER_BATCH, num_workers=cfg.DATALOADER.NUM_WORKERS,
         skip_bad_records=cfg.TEST.SKIP_BAD_RECORDS,
     )
 

@@ -1,10 +1,25 @@
 """Cost-aggregation building blocks shared by CAT-Seg (both versions) and PartCATSeg.
 
-A cost volume ``(B, C, T, H, W)`` (embedding C, T classes) is refined by alternating
-*spatial* aggregation (Swin blocks over H*W per class, queries/keys guided by image features) and
-*class* aggregation (attention over the T classes per pooled position, guided by text features),
-then decoded per class by a small U-Net-style upsampler.  Module and parameter names follow the
-official checkpoints so state dicts load unchanged.
+A cost volume over T classes is refined by alternating *spatial* aggregation (Swin blocks over
+H*W per class, queries/keys guided by image features) and *class* aggregation (attention over the
+T classes per pooled position, guided by text features), then decoded per class by a small
+U-Net-style upsampler.  Module and parameter names follow the official checkpoints so state dicts
+load unchanged.
+
+Layout.  The official code keeps the volume as ``(B, C, T, H, W)`` and re-arranges it (a full copy)
+around every step.  Here it stays ``(B, T, H, W, C)`` — "class-major, channels-last" — from the
+cost embedding to the decoder: the Swin and class steps apply their linear layers on the last axis
+directly, and the convolutions see channels-last views (no copy; oneDNN's preferred format).
+
+Work that does not depend on the class is done once per image instead of once per class: the
+guidance halves of the Swin ``q``/``k`` projections, of the class-attention ``q``/``k``
+projections and of the first decoder convolution are computed on the guidance alone and
+broadcast (``W [x; g] = W_x x + W_g g``).  The results equal the official ones up to float
+re-association (~1e-6; the parity tests hold).
+
+Every step except the class attention acts on each class independently, so ``class_chunk`` (set by
+the meta-architecture from ``TEST.CLASS_CHUNK``) runs those steps over slices of classes at
+inference: identical numbers, memory bounded by the chunk size instead of the vocabulary size.
 """
 from __future__ import annotations
 
@@ -12,7 +27,6 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, repeat
 from timm.layers import Mlp
 from torch import nn
 
@@ -20,6 +34,7 @@ __all__ = [
     "window_partition",
     "window_reverse",
     "shifted_window_mask",
+    "window_token_order",
     "WindowAttention",
     "SwinTransformerBlock",
     "SwinTransformerBlockWrapper",
@@ -33,7 +48,77 @@ __all__ = [
     "Up",
     "AggregatorBase",
     "cosine_cost",
+    "class_slices",
+    "linear",
 ]
+
+
+def class_slices(num: int, chunk: int) -> list[slice]:
+    """Consecutive slices of at most ``chunk`` items covering ``range(num)`` (one slice if chunk <= 0)."""
+    if chunk <= 0 or chunk >= num:
+        return [slice(0, num)]
+    return [slice(s, min(s + chunk, num)) for s in range(0, num, chunk)]
+
+
+def _nchw(x: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, C) -> (N, C, H, W) channels-last *view* (no copy)."""
+    return x.permute(0, 3, 1, 2)
+
+
+def _nhwc(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, H, W, C); a view when ``x`` is channels-last, else a copy."""
+    return x.permute(0, 2, 3, 1)
+
+
+# Linear layers at inference go through oneDNN when this torch has it: same math, but on CPUs where
+# MKL's sgemm does not use AVX-512 (AMD) it is 1.2-2x faster, and the GELU/ReLU or the residual add
+# is fused into the matmul.  Training, autocast and non-CPU tensors use F.linear.
+ONEDNN_LINEAR = hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available()
+
+
+def _autocast_on() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
+def _compiling() -> bool:
+    # under torch.compile the compiler does its own (oneDNN) linear fusion
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
+def linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    *,
+    activation: str = "none",
+    residual: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """``activation(x W^T + b)``, or ``residual + x W^T + b``; oneDNN-fused on CPU inference."""
+    if (
+        ONEDNN_LINEAR
+        and x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and not _autocast_on()
+        and not _compiling()
+    ):
+        # oneDNN falls back to a very slow reference kernel for strided operands
+        x, weight = x.contiguous(), weight.contiguous()
+        if residual is not None:
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual.contiguous(), weight, bias, "add")
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], "none" if activation == "gelu" else "")
+    y = F.linear(x, weight, bias)
+    if activation == "gelu":
+        y = F.gelu(y)
+    elif activation == "relu":
+        y = F.relu(y)
+    elif activation != "none":
+        raise ValueError(f"activation={activation!r}; expected 'none', 'relu' or 'gelu'")
+    return y if residual is None else residual + y
 
 
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -65,6 +150,18 @@ def shifted_window_mask(h: int, w: int, window: int, shift: int) -> torch.Tensor
     return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
 
 
+def window_token_order(h: int, w: int, window: int, shift: int) -> torch.Tensor:
+    """Flat token order of ``roll(-shift)`` followed by window partitioning, as one index.
+
+    Gathering a (N, H*W, C) map with it gives exactly Swin's (N * nW, window*window, C) windows in
+    one copy instead of two (roll, then partition).
+    """
+    rows = (torch.arange(h) + shift) % h
+    cols = (torch.arange(w) + shift) % w
+    flat = (rows[:, None] * w + cols[None, :]).view(1, h, w, 1)
+    return window_partition(flat, window).reshape(-1)
+
+
 class WindowAttention(nn.Module):
     """Window self-attention whose queries/keys also see the appearance guidance.
 
@@ -81,27 +178,32 @@ class WindowAttention(nn.Module):
         self.v = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        bw, n, _ = x.shape
-        heads = self.num_heads
-        q = self.q(x).view(bw, n, heads, -1).transpose(1, 2)
-        k = self.k(x).view(bw, n, heads, -1).transpose(1, 2)
-        v = self.v(x[..., : self.dim]).view(bw, n, heads, -1).transpose(1, 2)
-        attn_mask = None
-        if mask is not None:
-            nw = mask.shape[0]
-            # (nW, N, N) -> broadcast over batch and heads, windows are batch-major
-            q = q.view(bw // nw, nw, heads, n, -1)
-            k = k.view(bw // nw, nw, heads, n, -1)
-            v = v.view(bw // nw, nw, heads, n, -1)
-            attn_mask = mask.to(q.dtype).unsqueeze(1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        out = out.reshape(bw, heads, n, -1).transpose(1, 2).reshape(bw, n, -1)
-        return self.proj(out)
+    def project_qkv(self, x: torch.Tensor, guidance: Optional[torch.Tensor]) -> torch.Tensor:
+        """Fused ``[q | k | v]`` (B, T, N, 3C) of (B, T, N, C) tokens and (B, 1, N, G) guidance.
+
+        The guidance term is the same for every class, so it is projected once per image and
+        broadcast over the class axis.
+        """
+        c = self.dim
+        weight = torch.cat([self.q.weight[:, :c], self.k.weight[:, :c], self.v.weight], dim=0)
+        bias = torch.cat([self.q.bias, self.k.bias, self.v.bias])
+        if guidance is None:
+            return linear(x, weight, bias)
+        qkv = linear(x, weight)
+        g_qk = F.linear(guidance, torch.cat([self.q.weight[:, c:], self.k.weight[:, c:]], dim=0), bias[: 2 * c])
+        g_term = torch.cat([g_qk, bias[2 * c :].expand(*g_qk.shape[:-1], c)], dim=-1)
+        return qkv.add_(g_term)
+
+    def attend(self, qkv: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """Multi-head attention within windows: (N, L, 3C) -> (N, L, C) (before ``proj``)."""
+        n, length, _ = qkv.shape
+        q, k, v = qkv.view(n, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return out.transpose(1, 2).reshape(n, length, self.dim)
 
 
 class SwinTransformerBlock(nn.Module):
-    """Pre-norm (shifted-)window attention block over one class's H x W cost map."""
+    """Pre-norm (shifted-)window attention block over each class's H x W cost map."""
 
     def __init__(
         self,
@@ -124,26 +226,56 @@ class SwinTransformerBlock(nn.Module):
         self.attn = WindowAttention(dim, guidance_dim, num_heads)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
-        mask = shifted_window_mask(*self.input_resolution, window_size, shift_size) if shift_size else None
+        h, w = self.input_resolution
+        mask = shifted_window_mask(h, w, window_size, shift_size) if shift_size else None
         # persistent for the shifted block only: it is a state-dict key of the official checkpoints
         self.register_buffer("attn_mask", mask)
+        order = window_token_order(h, w, window_size, shift_size)
+        identity = torch.equal(order, torch.arange(h * w))
+        self.register_buffer("token_order", None if identity else order, persistent=False)
+        self.register_buffer("token_restore", None if identity else order.argsort(), persistent=False)
+
+    def _window_mask(self, num_maps: int, dtype: torch.dtype) -> Optional[torch.Tensor]:
+        # A 4-D (batch*windows, 1, L, L) mask keeps SDPA on its fused kernel (a 5-D broadcast does not).
+        if self.attn_mask is None:
+            return None
+        return self.attn_mask.to(dtype).unsqueeze(1).repeat(num_maps, 1, 1, 1)
+
+    def windowed(self, x: torch.Tensor, guidance: Optional[torch.Tensor]) -> torch.Tensor:
+        """The block on tokens already in window order (``token_order``): (B, T, H*W, C) -> same.
+
+        Everything but the attention acts per token, so the whole block runs in window order and
+        only the (C-wide) input and output are permuted, not the 3C-wide q/k/v.
+        """
+        b, t, n, c = x.shape
+        qkv = self.attn.project_qkv(self.norm1(x), guidance)  # B T HW 3C
+        length = self.window_size * self.window_size
+        out = self.attn.attend(qkv.view(-1, length, 3 * c), self._window_mask(b * t, qkv.dtype))
+        x = linear(out.view(b, t, n, c), self.attn.proj.weight, self.attn.proj.bias, residual=x)
+        mlp = self.mlp  # timm Mlp with exact GELU, no dropout, no norm: fc2(gelu(fc1(x)))
+        hidden = linear(self.norm2(x), mlp.fc1.weight, mlp.fc1.bias, activation="gelu")
+        return linear(hidden, mlp.fc2.weight, mlp.fc2.bias, residual=x)
 
     def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor]) -> torch.Tensor:
-        h, w = self.input_resolution
-        b, n, c = x.shape
-        shortcut = x
-        x = self.norm1(x).view(b, h, w, c)
+        """(B, T, H, W, C) cost embedding, (B, H, W, G) normalised guidance -> (B, T, H, W, C)."""
+        b, t, h, w, c = x.shape
+        x = _gather_tokens(x.reshape(b, t, h * w, c), self.token_order)
         if guidance is not None:
-            x = torch.cat([x, guidance.view(b, h, w, -1)], dim=-1)
-        if self.shift_size:
-            x = torch.roll(x, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
-        windows = window_partition(x, self.window_size)
-        windows = self.attn(windows, mask=self.attn_mask)
-        x = window_reverse(windows, self.window_size, h, w)
-        if self.shift_size:
-            x = torch.roll(x, shifts=(self.shift_size, self.shift_size), dims=(1, 2))
-        x = shortcut + x.reshape(b, n, c)
-        return x + self.mlp(self.norm2(x))
+            guidance = _gather_tokens(guidance.reshape(b, 1, h * w, -1), self.token_order)
+        x = self.windowed(x, guidance)
+        return _gather_tokens(x, self.token_restore).view(b, t, h, w, c)
+
+
+def _gather_tokens(x: torch.Tensor, order: Optional[torch.Tensor]) -> torch.Tensor:
+    """Reorder the token axis (dim 2) of (B, T, N, C) tokens; identity for ``order=None``."""
+    return x if order is None else x.index_select(2, order)
+
+
+def _compose(first: Optional[torch.Tensor], second: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:
+    """Index taking tokens from ``first``'s order to ``second``'s order (None = original order)."""
+    inverse = first.argsort() if first is not None else torch.arange(n, device=second.device if second is not None else None)
+    order = inverse if second is None else inverse[second]
+    return None if torch.equal(order, torch.arange(n, device=order.device)) else order
 
 
 class SwinTransformerBlockWrapper(nn.Module):
@@ -158,15 +290,37 @@ class SwinTransformerBlockWrapper(nn.Module):
             dim, guidance_dim, input_resolution, num_heads, window_size, window_size // 2
         )
         self.guidance_norm = nn.LayerNorm(guidance_dim) if guidance_dim > 0 else None
+        n = input_resolution[0] * input_resolution[1]
+        # block 1's window order -> block 2's window order, so the pair needs three token permutations
+        self.register_buffer("order_between", _compose(self.block_1.token_order, self.block_2.token_order, n),
+                             persistent=False)
 
-    def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor]) -> torch.Tensor:
-        b, c, t, h, w = x.shape
-        x = rearrange(x, "B C T H W -> (B T) (H W) C")
+    def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor], class_chunk: int = 0) -> torch.Tensor:
+        """(B, T, H, W, C) embedding, (B, G, H, W) guidance -> (B, T, H, W, C).
+
+        The guidance is normalised once per image (officially: once per class, same values).
+        """
+        b, t, h, w, c = x.shape
+        g1 = g2 = None
         if guidance is not None:
-            guidance = self.guidance_norm(repeat(guidance, "B C H W -> (B T) (H W) C", T=t))
-        x = self.block_1(x, guidance)
-        x = self.block_2(x, guidance)
-        return rearrange(x, "(B T) (H W) C -> B C T H W", B=b, T=t, H=h, W=w)
+            g = self.guidance_norm(_nhwc(guidance)).reshape(b, 1, h * w, -1)
+            g1 = _gather_tokens(g, self.block_1.token_order)
+            g2 = _gather_tokens(g, self.block_2.token_order)
+
+        def pair(x_slice: torch.Tensor) -> torch.Tensor:
+            n = x_slice.shape[1]
+            y = _gather_tokens(x_slice.reshape(b, n, h * w, c), self.block_1.token_order)
+            y = self.block_1.windowed(y, g1)
+            y = self.block_2.windowed(_gather_tokens(y, self.order_between), g2)
+            return _gather_tokens(y, self.block_2.token_restore).view(b, n, h, w, c)
+
+        slices = class_slices(t, class_chunk)
+        if len(slices) == 1:
+            return pair(x)
+        out = torch.empty_like(x)
+        for s in slices:
+            out[:, s] = pair(x[:, s])
+        return out
 
 
 def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -184,12 +338,14 @@ def query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: floa
     """PartCATSeg's class-competition attention over (N, L, H, D) tensors.
 
     The softmax runs over *queries* (classes compete for each key), then each query's weights are
-    re-normalised over keys.
+    re-normalised over keys.  Computed head-major with batched matmuls (same math as the official
+    einsum form).
     """
-    scores = torch.einsum("nlhd,nshd->nlsh", q, k) / q.shape[-1] ** 0.5
-    weights = scores.softmax(dim=1) + eps
-    weights = weights / weights.sum(dim=2, keepdim=True)
-    return torch.einsum("nshd,nlsh->nlhd", v, weights)
+    qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))  # N H L D
+    scores = torch.matmul(qh, kh.transpose(-1, -2)) / q.shape[-1] ** 0.5  # N H L S
+    weights = scores.softmax(dim=-2) + eps
+    weights = weights / weights.sum(dim=-1, keepdim=True)
+    return torch.matmul(weights, vh).transpose(1, 2)
 
 
 def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -215,13 +371,23 @@ class AttentionLayer(nn.Module):
         self.v = nn.Linear(hidden_dim, hidden_dim)
 
     def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor]) -> torch.Tensor:
-        xg = torch.cat([x, guidance], dim=-1) if guidance is not None else x
-        split = "B L (H D) -> B L H D"
-        q = rearrange(self.q(xg), split, H=self.nheads)
-        k = rearrange(self.k(xg), split, H=self.nheads)
-        v = rearrange(self.v(x), split, H=self.nheads)
+        """(B, P, T, C) tokens (P positions), (B, T, G) text guidance -> (B, P, T, C).
+
+        The guidance depends on the class only, so its q/k term is projected once per image and
+        broadcast over positions.
+        """
+        b, p, t, c = x.shape
+        weight = torch.cat([self.q.weight[:, :c], self.k.weight[:, :c], self.v.weight], dim=0)
+        bias = torch.cat([self.q.bias, self.k.bias, self.v.bias])
+        if guidance is None:
+            qkv = linear(x, weight, bias)
+        else:
+            g_qk = F.linear(guidance, torch.cat([self.q.weight[:, c:], self.k.weight[:, c:]], dim=0), bias[: 2 * c])
+            g_term = torch.cat([g_qk, bias[2 * c :].expand(b, t, c)], dim=-1)
+            qkv = linear(x, weight).add_(g_term.unsqueeze(1))
+        q, k, v = qkv.reshape(b * p, t, 3, self.nheads, -1).unbind(2)  # (N, L, H, D) each
         out = _CLASS_ATTENTION[self.attention_type](q, k, v)
-        return rearrange(out, "B L H D -> B L (H D)")
+        return out.reshape(b, p, t, c)
 
 
 class ClassTransformerLayer(nn.Module):
@@ -253,27 +419,52 @@ class ClassTransformerLayer(nn.Module):
         self.norm1 = nn.LayerNorm(hidden_dim)
         self.norm2 = nn.LayerNorm(hidden_dim)
 
-    def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor]) -> torch.Tensor:
-        b, _, t, h, w = x.shape
-        x_pool = self.pool(rearrange(x, "B C T H W -> (B T) C H W"))
-        hp, wp = x_pool.shape[-2:]
-        x_pool = rearrange(x_pool, "(B T) C H W -> (B H W) T C", B=b)
-        if guidance is not None:
-            guidance = repeat(guidance, "B T C -> (B H W) T C", H=hp, W=wp)
+    def _mix(self, tokens: torch.Tensor, guidance: Optional[torch.Tensor]) -> torch.Tensor:
+        tokens = tokens + self.attention(self.norm1(tokens), guidance)
+        fc1, fc2 = self.MLP[0], self.MLP[2]  # Linear, ReLU, Linear
+        hidden = linear(self.norm2(tokens), fc1.weight, fc1.bias, activation="relu")
+        return linear(hidden, fc2.weight, fc2.bias, residual=tokens)
+
+    def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor], class_chunk: int = 0) -> torch.Tensor:
+        """(B, T, H, W, C) embedding, (B, T, G) text guidance -> (B, T, H, W, C).
+
+        With ``class_chunk`` the attention runs over slices of *positions* (each position attends
+        over all classes on its own) sized so that the (positions x T x T) scores stay within
+        ``class_chunk x positions x T``, and the upsampling over slices of classes.
+        """
+        b, t, h, w, c = x.shape
+        pooled = _nhwc(self.pool(_nchw(x.reshape(b * t, h, w, c))))  # B*T hp wp C
+        hp, wp = pooled.shape[1:3]
+        tokens = pooled.reshape(b, t, hp * wp, c).transpose(1, 2)  # B P T C
         padded = self.pad_len > 0 and t < self.pad_len
         if padded:
-            n = x_pool.shape[0]
-            x_pool = torch.cat([x_pool, self.padding_tokens.expand(n, self.pad_len - t, -1)], dim=1)
+            pad = self.pad_len - t
+            tokens = torch.cat([tokens, self.padding_tokens.expand(b, hp * wp, pad, c)], dim=2)
             if guidance is not None:
-                guidance = torch.cat([guidance, self.padding_guidance.expand(n, self.pad_len - t, -1)], dim=1)
-        x_pool = x_pool + self.attention(self.norm1(x_pool), guidance)
-        x_pool = x_pool + self.MLP(self.norm2(x_pool))
+                guidance = torch.cat([guidance, self.padding_guidance.expand(b, pad, -1)], dim=1)
+        num_pos = hp * wp
+        if class_chunk > 0:
+            per_slice = max(1, class_chunk * num_pos // tokens.shape[2])
+            mixed = torch.empty_like(tokens)
+            for s in class_slices(num_pos, per_slice):
+                mixed[:, s] = self._mix(tokens[:, s], guidance)
+            tokens = mixed
+        else:
+            tokens = self._mix(tokens, guidance)
         if padded:
-            x_pool = x_pool[:, :t]
-        x_pool = rearrange(x_pool, "(B H W) T C -> (B T) C H W", H=hp, W=wp)
-        if (hp, wp) != (h, w):
-            x_pool = F.interpolate(x_pool, size=(h, w), mode="bilinear", align_corners=True)
-        return x + rearrange(x_pool, "(B T) C H W -> B C T H W", B=b)
+            tokens = tokens[:, :, :t]
+        slices = class_slices(t, class_chunk)
+        out = x if len(slices) == 1 else torch.empty_like(x)
+        for s in slices:
+            n = s.stop - s.start
+            up = _nchw(tokens[:, :, s].transpose(1, 2).reshape(b * n, hp, wp, c))
+            if (hp, wp) != (h, w):
+                up = F.interpolate(up, size=(h, w), mode="bilinear", align_corners=True)
+            up = _nhwc(up).reshape(b, n, h, w, c)
+            if len(slices) == 1:
+                return x + up
+            out[:, s] = x[:, s] + up
+        return out
 
 
 class AggregatorLayer(nn.Module):
@@ -300,12 +491,17 @@ class AggregatorLayer(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, appearance_guidance: Optional[torch.Tensor], text_guidance: Optional[torch.Tensor]
+        self,
+        x: torch.Tensor,
+        appearance_guidance: Optional[torch.Tensor],
+        text_guidance: Optional[torch.Tensor],
+        class_chunk: int = 0,
     ) -> torch.Tensor:
+        """(B, T, H, W, C) -> (B, T, H, W, C)."""
         if appearance_guidance is not None:
-            x = self.swin_block(x, appearance_guidance)
+            x = self.swin_block(x, appearance_guidance, class_chunk)
         if text_guidance is not None:
-            x = self.attention(x, text_guidance)
+            x = self.attention(x, text_guidance, class_chunk)
         return x
 
 
@@ -324,24 +520,41 @@ class DoubleConv(nn.Module):
             nn.ReLU(inplace=True),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.double_conv(x)
+    def forward(self, x: torch.Tensor, extra: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``extra`` (B, out, H, W) is added after the first convolution to every group of N/B maps."""
+        first, rest = self.double_conv[0], self.double_conv[1:]
+        if extra is None:
+            return rest(first(x))
+        y = F.conv2d(x, first.weight[:, : x.shape[1]], None, padding=1)
+        b = extra.shape[0]
+        y.view(b, y.shape[0] // b, *y.shape[1:]).add_(extra.unsqueeze(1))
+        return rest(y)
 
 
 class Up(nn.Module):
-    """2x transposed-conv upsampling, concatenation with projected guidance, DoubleConv."""
+    """2x transposed-conv upsampling, concatenation with projected guidance, DoubleConv.
+
+    The concatenation is never built: the first convolution is split into its feature part (per
+    class) and its guidance part (per image, computed once) — ``conv([x; g]) = conv_x(x) + conv_g(g)``.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, guidance_channels: int) -> None:
         super().__init__()
         self.up = nn.ConvTranspose2d(in_channels, in_channels - guidance_channels, kernel_size=2, stride=2)
         self.conv = DoubleConv(in_channels, out_channels)
 
-    def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor]) -> torch.Tensor:
-        x = self.up(x)
-        if guidance is not None:
-            t = x.shape[0] // guidance.shape[0]
-            x = torch.cat([x, repeat(guidance, "B C H W -> (B T) C H W", T=t)], dim=1)
-        return self.conv(x)
+    def guidance_term(self, guidance: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """The guidance half of the first convolution, (B, out, H, W) (None without guidance)."""
+        if guidance is None:
+            return None
+        first = self.conv.double_conv[0]
+        return F.conv2d(guidance, first.weight[:, first.in_channels - guidance.shape[1] :], None, padding=1)
+
+    def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor], term: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B*T, C, h, w) per-class maps, (B, G, 2h, 2w) guidance -> (B*T, out, 2h, 2w)."""
+        if term is None:
+            term = self.guidance_term(guidance)
+        return self.conv(self.up(x), term)
 
 
 class AggregatorBase(nn.Module):
@@ -351,6 +564,10 @@ class AggregatorBase(nn.Module):
     projections map image features (appearance) and text features to the aggregation widths; the
     decoder (``decoder1``, ``decoder2``, ``head``) upsamples every class's embedding 4x to a logit.
     Sub-classes build their layers and define ``forward``.
+
+    ``class_chunk`` (> 0) bounds inference memory: per-class steps run over slices of that many
+    class maps, i.e. ``class_chunk // batch`` classes of every image (exact, see the module
+    docstring).  It is ignored in training mode.
     """
 
     def __init__(
@@ -365,9 +582,11 @@ class AggregatorBase(nn.Module):
         decoder_guidance_proj_dims: Sequence[int],
         hidden_dim: int,
         prompt_channel: int,
+        class_chunk: int = 0,
     ) -> None:
         super().__init__()
         self.hidden_dim = hidden_dim
+        self.class_chunk = class_chunk
         self.conv1 = nn.Conv2d(prompt_channel, hidden_dim, kernel_size=7, stride=1, padding=3)
         self.guidance_projection = (
             nn.Sequential(
@@ -394,12 +613,38 @@ class AggregatorBase(nn.Module):
         self.decoder2 = Up(decoder_dims[0], decoder_dims[1], decoder_guidance_proj_dims[1])
         self.head = nn.Conv2d(decoder_dims[1], 1, kernel_size=3, padding=1)
 
+    @property
+    def class_chunk(self) -> int:
+        return self._class_chunk
+
+    @class_chunk.setter
+    def class_chunk(self, value: int) -> None:
+        if int(value) < 0:
+            raise ValueError(f"class_chunk={value!r}; expected 0 (off) or a positive number of classes")
+        self._class_chunk = int(value)
+
+    def active_chunk(self, batch_size: int = 1) -> int:
+        """Classes per slice in effect: 0 (whole vocabulary) in training or when ``class_chunk`` is 0.
+
+        ``class_chunk`` counts per-class maps over the batch (a slice holds ``batch_size`` images x
+        classes), so a batch does not enlarge the working set of a slice.
+        """
+        if self.training or self._class_chunk <= 0:
+            return 0
+        return max(1, self._class_chunk // max(1, batch_size))
+
     @staticmethod
-    def embed_cost(conv: nn.Conv2d, corr: torch.Tensor) -> torch.Tensor:
-        """(B, P, T, H, W) cost -> (B, hidden, T, H, W) with a per-class convolution."""
-        b = corr.shape[0]
-        x = conv(rearrange(corr, "B P T H W -> (B T) P H W"))
-        return rearrange(x, "(B T) C H W -> B C T H W", B=b)
+    def embed_cost(conv: nn.Conv2d, corr: torch.Tensor, class_chunk: int = 0) -> torch.Tensor:
+        """(B, T, H, W, P) cost -> (B, T, H, W, hidden) with a per-class convolution."""
+        b, t, h, w, p = corr.shape
+        slices = class_slices(t, class_chunk)
+        if len(slices) == 1:
+            return _nhwc(conv(_nchw(corr.reshape(b * t, h, w, p)))).reshape(b, t, h, w, -1)
+        out = corr.new_empty(b, t, h, w, conv.out_channels)
+        for s in slices:
+            n = s.stop - s.start
+            out[:, s] = _nhwc(conv(_nchw(corr[:, s].reshape(b * n, h, w, p)))).reshape(b, n, h, w, -1)
+        return out
 
     def project_guidance(self, vis: Sequence[torch.Tensor]) -> tuple[Optional[torch.Tensor], list]:
         """Appearance guidance (from the coarsest map) and decoder guidance (from the finer ones)."""
@@ -417,18 +662,35 @@ class AggregatorBase(nn.Module):
         text = text / text.norm(dim=-1, keepdim=True)
         return self.text_guidance_projection(text)
 
-    def decode(self, x: torch.Tensor, guidance: Sequence) -> torch.Tensor:
-        """(B, C, T, h, w) aggregated cost -> (B, T, 4h, 4w) logits."""
-        b = x.shape[0]
-        y = rearrange(x, "B C T H W -> (B T) C H W")
-        y = self.decoder1(y, guidance[0])
-        y = self.decoder2(y, guidance[1])
-        y = self.head(y)
-        return rearrange(y, "(B T) () H W -> B T H W", B=b)
+    def decode(self, x: torch.Tensor, guidance: Sequence, class_chunk: int = 0) -> torch.Tensor:
+        """(B, T, h, w, C) aggregated cost -> (B, T, 4h, 4w) logits, optionally over class slices."""
+        b, t, h, w, c = x.shape
+        terms = [self.decoder1.guidance_term(guidance[0]), self.decoder2.guidance_term(guidance[1])]
+        slices = class_slices(t, class_chunk)
+        out = None
+        for s in slices:
+            n = s.stop - s.start
+            y = _nchw(x[:, s].reshape(b * n, h, w, c))
+            y = self.decoder1(y, guidance[0], terms[0])
+            y = self.decoder2(y, guidance[1], terms[1])
+            y = self.head(y)
+            y = y.reshape(b, n, *y.shape[-2:])
+            if len(slices) == 1:
+                return y
+            if out is None:
+                out = y.new_empty(b, t, *y.shape[-2:])
+            out[:, s] = y
+        return out
 
 
 def cosine_cost(img_feats: torch.Tensor, text_feats: torch.Tensor) -> torch.Tensor:
-    """Cosine cost volume (B, P, T, H, W) between (B, C, H, W) image and (B, T, P, C) text features."""
-    img = F.normalize(img_feats, dim=1)
-    text = F.normalize(text_feats, dim=-1)
-    return torch.einsum("bchw,btpc->bpthw", img, text)
+    """Cosine cost volume (B, T, H, W, P) between (B, C, H, W) image and (B, T, P, C) text features.
+
+    Class-major and channels-last (the official ``(B, P, T, H, W)`` is ``.permute(0, 4, 1, 2, 3)``).
+    """
+    b, c, h, w = img_feats.shape
+    t, p = text_feats.shape[1:3]
+    img = F.normalize(img_feats, dim=1).reshape(b, c, h * w)
+    text = F.normalize(text_feats, dim=-1).reshape(b, t * p, c)
+    corr = torch.bmm(img.transpose(1, 2), text.transpose(1, 2))  # B HW TP
+    return corr.view(b, h, w, t, p).permute(0, 3, 1, 2, 4).contiguous()

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..config import resolve_device, resolve_text_cache_dir
 from ..vocab import PartVocabulary, get_templates
+from .speed import configure_inference
 
 __all__ = ["META_ARCH_REGISTRY", "register_meta_arch", "build_model", "partcatseg_from_config", "clip_resolution_for"]
 
@@ -156,6 +157,7 @@ def build_model(cfg) -> nn.Module:
         known = sorted(k for k, _ in META_ARCH_REGISTRY) + (["CATSeg"] if "CATSeg" not in META_ARCH_REGISTRY else [])
         raise KeyError(f"MODEL.META_ARCHITECTURE={name!r} is not registered; known: {known}")
     model = META_ARCH_REGISTRY.get(name)(cfg)
+    configure_inference(model, cfg)  # TEST.CLASS_CHUNK, TEST.AMP, MODEL.CHANNELS_LAST, MODEL.COMPILE
     device = resolve_device(cfg)
     model.to(device)
     logger.info("built %s on %s (%.1fM parameters)", name, device, sum(p.numel() for p in model.parameters()) / 1e6)

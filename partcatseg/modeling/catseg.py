@@ -30,6 +30,7 @@ from .dinov2 import DINOv2Backbone
 from .resnet import ResNetBackbone
 from .partcatseg import set_clip_trainable
 from .preprocess import normalize_pad_resize, resize_to_output
+from .speed import autocast_context
 from .text import TextFeatureCache, encode_class_names
 
 __all__ = [
@@ -225,16 +226,25 @@ class _CATSegCommon(nn.Module, abc.ABC):
     def predict_logits(self, images: Sequence[torch.Tensor], text: torch.Tensor) -> torch.Tensor:
         """(B, T, 4h, 4w) logits for (3, H, W) 0-255 images and (T, P, C) text features."""
 
+    inference_amp = ""  # TEST.AMP (see .speed); "" = fp32
+
     def _probabilities(self, batched_inputs: list[dict], text: torch.Tensor) -> list[torch.Tensor]:
-        """Per-record (T, height, width) probabilities (whole-image or sliding-window)."""
+        """Per-record (T, height, width) probabilities (whole-image or sliding-window), fp32.
+
+        Image encoders and aggregator run under ``TEST.AMP`` autocast; ``text`` was computed before.
+        """
+        with autocast_context(self.device, self.inference_amp):
+            return self._probabilities_impl(batched_inputs, text)
+
+    def _probabilities_impl(self, batched_inputs: list[dict], text: torch.Tensor) -> list[torch.Tensor]:
         images = [x["image"].to(self.device) for x in batched_inputs]
         if self.sliding_window:
             out = []
             for record, image in zip(batched_inputs, images):
-                probs = sliding_window_inference(image, lambda views: self.predict_logits(list(views), text))
+                probs = sliding_window_inference(image, lambda views: self.predict_logits(list(views), text).float())
                 out.append(resize_to_output(probs, *_output_size(record)))
             return out
-        probs = self.predict_logits(images, text).sigmoid()
+        probs = self.predict_logits(images, text).float().sigmoid()
         return [resize_to_output(p, *_output_size(r)) for r, p in zip(batched_inputs, probs)]
 
 

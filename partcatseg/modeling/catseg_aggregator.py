@@ -52,6 +52,7 @@ class CATSegAggregator(AggregatorBase):
         attention_type: str = "linear",
         prompt_channel: int = 1,
         pad_len: int = 256,
+        class_chunk: int = 0,
     ) -> None:
         super().__init__(
             text_guidance_dim=text_guidance_dim,
@@ -63,6 +64,7 @@ class CATSegAggregator(AggregatorBase):
             decoder_guidance_proj_dims=decoder_guidance_proj_dims,
             hidden_dim=hidden_dim,
             prompt_channel=prompt_channel,
+            class_chunk=class_chunk,
         )
         if pad_len < 0:
             raise ValueError(f"pad_len={pad_len}; expected 0 (off) or a positive class count")
@@ -79,12 +81,13 @@ class CATSegAggregator(AggregatorBase):
     def select_classes(self, corr: torch.Tensor) -> Optional[torch.Tensor]:
         """Per-image indices (B, pad_len) of the classes kept when T > pad_len, else None.
 
-        Classes are ranked by their maximum initial cosine cost over prompts and positions.
+        Classes are ranked by their maximum initial cosine cost over prompts and positions
+        (``corr`` is the (B, T, h, w, P) volume of :func:`cosine_cost`).
         """
-        num_classes = corr.shape[2]
+        num_classes = corr.shape[1]
         if self.pad_len <= 0 or num_classes <= self.pad_len:
             return None
-        score = corr.amax(dim=(1, 3, 4))  # B T
+        score = corr.amax(dim=(2, 3, 4))  # B T
         return score.topk(self.pad_len, dim=-1, sorted=False).indices
 
     def forward(
@@ -103,7 +106,8 @@ class CATSegAggregator(AggregatorBase):
                 f"expects prompt_channel={self.prompt_channel}"
             )
         num_classes = text_feats.shape[1]
-        corr = cosine_cost(img_feats, text_feats)  # B P T h w
+        chunk = self.active_chunk(img_feats.shape[0])
+        corr = cosine_cost(img_feats, text_feats)  # B T h w P
         kept = self.select_classes(corr)
         if kept is not None:
             b, _, p, c = text_feats.shape
@@ -112,12 +116,12 @@ class CATSegAggregator(AggregatorBase):
             )
             corr = cosine_cost(img_feats, text_feats)
 
-        embed = self.embed_cost(self.conv1, corr)
+        embed = self.embed_cost(self.conv1, corr, chunk)
         guidance, decoder_guidance = self.project_guidance(vis)
         text_guidance = self.project_text(text_feats)
         for layer in self.layers:
-            embed = layer(embed, guidance, text_guidance)
-        logits = self.decode(embed, decoder_guidance)
+            embed = layer(embed, guidance, text_guidance, chunk)
+        logits = self.decode(embed, decoder_guidance, chunk)
 
         if kept is None:
             return logits

@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
-from einops import rearrange
+import torch.nn.functional as F
 from torch import nn
 
-from .aggregator import AggregatorBase, AggregatorLayer, cosine_cost
+from .aggregator import AggregatorBase, AggregatorLayer, class_slices, cosine_cost, linear
 
 __all__ = ["PartAggregator"]
 
@@ -39,6 +39,7 @@ class PartAggregator(AggregatorBase):
         window_size: int = 12,
         attention_type: str = "query",
         prompt_channel: int = 80,
+        class_chunk: int = 0,
     ) -> None:
         super().__init__(
             text_guidance_dim=text_guidance_dim,
@@ -50,6 +51,7 @@ class PartAggregator(AggregatorBase):
             decoder_guidance_proj_dims=decoder_guidance_proj_dims,
             hidden_dim=hidden_dim,
             prompt_channel=prompt_channel,
+            class_chunk=class_chunk,
         )
 
         def stack() -> nn.ModuleList:
@@ -87,7 +89,8 @@ class PartAggregator(AggregatorBase):
         class_to_part: torch.Tensor,
         class_to_object: torch.Tensor,
         num_parts: int,
-    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        decode_part_obj: bool = True,
+    ) -> tuple[Optional[torch.Tensor], torch.Tensor, dict]:
         """Run both stages.
 
         Args:
@@ -97,42 +100,70 @@ class PartAggregator(AggregatorBase):
             vis: appearance guidance maps, coarsest first.
             class_to_part, class_to_object: (Nop,) long indices of each class's part / object.
             num_parts: Np.
+            decode_part_obj: decode the stage-1 logits (only training uses them; inference skips
+                their decoder, a third of the decoding work).
         Returns:
-            stage-1 logits (B, Np+No+1, 4h, 4w), stage-2 logits (B, Nop+1, 4h, 4w) and the raw cost
-            volumes / embeddings of both stages (used by the compositional loss).
+            stage-1 logits (B, Np+No+1, 4h, 4w) or None, stage-2 logits (B, Nop+1, 4h, 4w) and the
+            cost volumes / embeddings of both stages in the official layouts (``(B, P, T, h, w)``
+            and ``(B, C, T, h, w)`` views; used by the compositional loss).
         """
-        corr = cosine_cost(img_feats, text_part_obj)  # B P T1 h w
-        embed = self.embed_cost(self.conv1, corr)
+        chunk = self.active_chunk(img_feats.shape[0])
+        corr = cosine_cost(img_feats, text_part_obj)  # B T1 h w P
+        embed = self.embed_cost(self.conv1, corr, chunk)
         guidance, decoder_guidance = self.project_guidance(vis)
         text_guidance = self.project_text(text_part_obj)
         for layer in self.layers:
-            embed = layer(embed, guidance, text_guidance)
-        part_obj_logits = self.decode(embed, decoder_guidance)
+            embed = layer(embed, guidance, text_guidance, chunk)
+        part_obj_logits = self.decode(embed, decoder_guidance, chunk) if decode_part_obj else None
 
-        b, c, _, h, w = embed.shape
-        per_class = rearrange(embed, "B C T H W -> B T C (H W)")
-        part_embed = per_class[:, :num_parts].index_select(1, class_to_part)
-        obj_embed = per_class[:, num_parts:].index_select(1, class_to_object)
-        specific = torch.cat([part_embed, obj_embed], dim=2)  # B Nop 2C hw
-        bg = per_class[:, -1:].repeat(1, 1, 2, 1)
-        specific = torch.cat([specific, bg], dim=1)  # B Nop+1 2C hw
-        t2 = specific.shape[1]
-        feats = self.conv_proj_feat(specific.reshape(b * t2, 2 * c, h, w))
-        feats = feats.view(b, t2, -1, h, w)
-
-        # every class is compared with its own prompts only
-        feats = nn.functional.normalize(feats, dim=2)
-        text = nn.functional.normalize(text_specific, dim=-1)
-        cost_corr = torch.einsum("btchw,btpc->bpthw", feats, text)
-        cost_embed = self.embed_cost(self.conv2, cost_corr)
+        cost_corr = self.specific_cost(embed, text_specific, class_to_part, class_to_object, num_parts, chunk)
+        cost_embed = self.embed_cost(self.conv2, cost_corr, chunk)
         text_guidance2 = self.project_text(text_specific)
         for layer in self.layers_specific_part:
-            cost_embed = layer(cost_embed, guidance, text_guidance2)
-        logits = self.decode(cost_embed, decoder_guidance)
+            cost_embed = layer(cost_embed, guidance, text_guidance2, chunk)
+        logits = self.decode(cost_embed, decoder_guidance, chunk)
         costs = {
-            "part_obj_cost": corr,
-            "specific_part_cost": cost_corr,
-            "part_obj_cost_emb": embed,
-            "specific_part_cost_emb": cost_embed,
+            "part_obj_cost": corr.permute(0, 4, 1, 2, 3),
+            "specific_part_cost": cost_corr.permute(0, 4, 1, 2, 3),
+            "part_obj_cost_emb": embed.permute(0, 4, 1, 2, 3),
+            "specific_part_cost_emb": cost_embed.permute(0, 4, 1, 2, 3),
         }
         return part_obj_logits, logits, costs
+
+    def specific_cost(
+        self,
+        embed: torch.Tensor,
+        text_specific: torch.Tensor,
+        class_to_part: torch.Tensor,
+        class_to_object: torch.Tensor,
+        num_parts: int,
+        class_chunk: int = 0,
+    ) -> torch.Tensor:
+        """Stage-2 cost (B, Nop+1, h, w, P): every class's feature against its own prompts only.
+
+        A class's feature is ``conv_proj_feat([part embedding ; object embedding])`` (the background
+        row pairs the background embedding with itself).  That 1x1 convolution is linear, so its two
+        halves are applied to the Np+1 part-side and No+1 object-side embeddings once and the results
+        are gathered per class, instead of convolving Nop+1 concatenations.
+        """
+        b, t1, h, w, c = embed.shape
+        weight = self.conv_proj_feat.weight.flatten(1)  # D x 2C
+        part_side = linear(torch.cat([embed[:, :num_parts], embed[:, -1:]], dim=1), weight[:, :c],
+                           self.conv_proj_feat.bias)  # parts ++ background (+ the bias, once)
+        obj_side = linear(embed[:, num_parts:], weight[:, c:])  # objects ++ background
+        device = class_to_part.device
+        part_index = torch.cat([class_to_part, torch.tensor([num_parts], device=device)])
+        obj_index = torch.cat([class_to_object, torch.tensor([t1 - num_parts - 1], device=device)])
+        text = F.normalize(text_specific, dim=-1)
+        t2, p = text.shape[1:3]
+        slices = class_slices(t2, class_chunk)
+        out = None if len(slices) == 1 else embed.new_empty(b, t2, h, w, p)
+        for s in slices:
+            feats = part_side.index_select(1, part_index[s]).add_(obj_side.index_select(1, obj_index[s]))
+            feats = F.normalize(feats, dim=-1)
+            n = feats.shape[1]
+            cost = torch.matmul(feats.view(b, n, h * w, -1), text[:, s].transpose(-1, -2)).view(b, n, h, w, p)
+            if out is None:
+                return cost
+            out[:, s] = cost
+        return out

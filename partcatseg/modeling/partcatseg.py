@@ -18,6 +18,7 @@ from .dinov2 import DINOv2Backbone
 from .losses import partcatseg_losses
 from .part_aggregator import PartAggregator
 from .preprocess import normalize_pad_resize, resize_to_output
+from .speed import autocast_context
 from .text import TextFeatureCache, text_tower_fingerprint
 
 __all__ = ["PartCATSeg", "PartCATSegHead", "PartCATSegPredictor", "VocabTensors"]
@@ -115,6 +116,7 @@ class PartCATSeg(nn.Module):
         self.clip_resolution = tuple(clip_resolution)
         self.text_cache = text_cache or TextFeatureCache(None)
         self._vocab_tensors: dict[tuple, VocabTensors] = {}
+        self.inference_amp = ""  # TEST.AMP (see .speed); "" = fp32
         self._train_maps: Optional[tuple[torch.Tensor, torch.Tensor]] = None
 
         set_clip_trainable(clip_model, clip_finetune)
@@ -187,8 +189,8 @@ class PartCATSeg(nn.Module):
         dino_in = normalize_pad_resize(images, self.pixel_mean, self.pixel_std, self.size_divisibility, size)
         return clip_feats, self.backbone(dino_in)
 
-    def head(self, clip_feats: torch.Tensor, dino_feats: dict, tensors: VocabTensors):
-        """Both stages' logits (B, T1, 4h, 4w), (B, T2, 4h, 4w) and the cost volumes."""
+    def head(self, clip_feats: torch.Tensor, dino_feats: dict, tensors: VocabTensors, decode_part_obj: bool = True):
+        """Both stages' logits (B, T1, 4h, 4w) (None if not ``decode_part_obj``), (B, T2, 4h, 4w) and the costs."""
         b = clip_feats.shape[0]
         vis = [dino_feats["res4"], dino_feats["res3"], dino_feats["res2"]]
         return self.aggregator(
@@ -199,15 +201,22 @@ class PartCATSeg(nn.Module):
             tensors.class_to_part,
             tensors.class_to_object,
             len(tensors.vocab.part_classes),
+            decode_part_obj=decode_part_obj,
         )
 
     # ----------------------------------------------------------------- forward
     def forward(self, batched_inputs: list[dict]):
         images = [x["image"] for x in batched_inputs]
-        clip_feats, dino_feats = self.extract_features(images)
         if self.training:
+            clip_feats, dino_feats = self.extract_features(images)
             return self._losses(batched_inputs, clip_feats, dino_feats)
-        return self._inference(batched_inputs, clip_feats, dino_feats)
+        with torch.no_grad():
+            tensors = self.vocab_tensors(self.test_vocab)  # fp32, outside autocast (it is cached)
+            with autocast_context(self.device, self.inference_amp):
+                clip_feats, dino_feats = self.extract_features(images)
+                # the stage-1 logits are a training signal only: their decoder is skipped here
+                _, logits, _ = self.head(clip_feats, dino_feats, tensors, decode_part_obj=False)
+        return self._postprocess(batched_inputs, logits.float())
 
     def _train_lookup(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._train_maps is None or self._train_maps[0].device != self.device:
@@ -250,9 +259,8 @@ class PartCATSeg(nn.Module):
         return None
 
     @torch.no_grad()
-    def _inference(self, batched_inputs, clip_feats, dino_feats) -> list[dict]:
-        tensors = self.vocab_tensors(self.test_vocab)
-        _, logits, _ = self.head(clip_feats, dino_feats, tensors)
+    def _postprocess(self, batched_inputs, logits: torch.Tensor) -> list[dict]:
+        """Per-record probabilities at the output size, with the Oracle-Obj masking."""
         probs = logits.sigmoid()
         results = []
         for record, prob in zip(batched_inputs, probs):
@@ -264,8 +272,9 @@ class PartCATSeg(nn.Module):
             if obj is not None:
                 # Oracle-Obj: classes whose name lacks the object's name (substring rule) score -1
                 allowed = oracle_class_mask(self.test_vocab.classes, self.test_obj_classes[obj])
-                keep = torch.as_tensor(allowed, device=parts.device)
-                parts = torch.where(keep[:, None, None], parts, parts.new_tensor(-1.0))
+                dropped = [i for i, keep in enumerate(allowed) if not keep]
+                parts = parts.clone()
+                parts[dropped] = -1.0
             results.append({"sem_seg": parts, "sem_seg_all": prob_all})
         return results
 
