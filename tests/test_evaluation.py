@@ -331,6 +331,10 @@ def test_part_evaluator_errors():
         PartSegEvaluator(PART_NAMES, PART_BASE, ignore_label=1)
     with pytest.raises(ValueError, match="out of range"):
         PartSegEvaluator(PART_NAMES, [0, 3])
+    with pytest.raises(ValueError, match="PartSegEvaluator: class_names is empty"):
+        PartSegEvaluator([], None)
+    with pytest.raises(ValueError, match="SemSegEvaluator: class_names contains duplicates"):
+        SemSegEvaluator(["cat", "dog", "cat"])
 
 
 def test_part_from_metadata_and_tables():

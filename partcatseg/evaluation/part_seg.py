@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .metrics import compute_metrics, confusion_matrix
-from .sem_seg import _argmax_labels, _as_label_tensor, _is_main_process, _sum_across_processes
+from .sem_seg import _argmax_labels, _as_label_tensor, _check_vocabulary, _is_main_process, _sum_across_processes
 from .tables import summary_table, write_json, write_part_per_class_csv
 
 __all__ = ["PartSegEvaluator", "resize_gt_nearest", "SETTINGS"]
@@ -79,17 +79,8 @@ class PartSegEvaluator:
         output_dir: Optional[str] = None,
         distributed: bool = True,
     ) -> None:
-        self.class_names = [str(c) for c in class_names]
-        if not self.class_names:
-            raise ValueError("PartSegEvaluator: class_names is empty")
-        if len(set(self.class_names)) != len(self.class_names):
-            raise ValueError("PartSegEvaluator: class_names contains duplicates (per-class keys would collide)")
+        self.class_names, self.ignore_label = _check_vocabulary("PartSegEvaluator", class_names, ignore_label)
         self.num_classes = len(self.class_names)
-        self.ignore_label = int(ignore_label)
-        if 0 <= self.ignore_label < self.num_classes:
-            raise ValueError(
-                f"ignore_label={self.ignore_label} is a valid class index (num_classes={self.num_classes})"
-            )
         self.base_class_indices: Optional[list] = None
         if base_class_indices is not None:
             idx = [int(i) for i in base_class_indices]

@@ -96,6 +96,20 @@ def load_sem_seg_gt(path: str) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # evaluators
 # ----------------------------------------------------------------------------------------------
+def _check_vocabulary(owner: str, class_names: Sequence[str], ignore_label: int) -> Tuple[List[str], int]:
+    """Validated (class names, ignore label) of an evaluator: per-class result keys need unique,
+    non-empty names, and the ignore label must not be a class index."""
+    names = [str(c) for c in class_names]
+    if not names:
+        raise ValueError(f"{owner}: class_names is empty")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{owner}: class_names contains duplicates (per-class keys would collide)")
+    ignore_label = int(ignore_label)
+    if 0 <= ignore_label < len(names):
+        raise ValueError(f"ignore_label={ignore_label} is a valid class index (num_classes={len(names)})")
+    return names, ignore_label
+
+
 class SemSegEvaluator:
     """Confusion-matrix evaluator for per-pixel class predictions against full-image GT.
 
@@ -117,17 +131,8 @@ class SemSegEvaluator:
         output_dir: Optional[str] = None,
         distributed: bool = True,
     ) -> None:
-        self.class_names = [str(c) for c in class_names]
-        if not self.class_names:
-            raise ValueError("SemSegEvaluator: class_names is empty")
-        if len(set(self.class_names)) != len(self.class_names):
-            raise ValueError("SemSegEvaluator: class_names contains duplicates (per-class keys would collide)")
+        self.class_names, self.ignore_label = _check_vocabulary("SemSegEvaluator", class_names, ignore_label)
         self.num_classes = len(self.class_names)
-        self.ignore_label = int(ignore_label)
-        if 0 <= self.ignore_label < self.num_classes:
-            raise ValueError(
-                f"ignore_label={self.ignore_label} is a valid class index (num_classes={self.num_classes})"
-            )
         self.output_dir = output_dir
         self.distributed = distributed
         self.reset()
