@@ -442,9 +442,9 @@ class _Predictor(abc.ABC):
     def class_names(self) -> list[str]:
         """The current vocabulary's class names."""
 
+    @abc.abstractmethod
     def _decode(self, out: dict, task: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(labels (H,W) long, confidence (H,W), scores (C,H,W)) at the working size."""
-        raise NotImplementedError
 
     def _record(self, image: np.ndarray, size: tuple[int, int], task: dict) -> dict:
         tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous()

@@ -23,7 +23,7 @@ inference: identical numbers, memory bounded by the chunk size instead of the vo
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +49,8 @@ __all__ = [
     "AggregatorBase",
     "cosine_cost",
     "class_slices",
+    "over_class_slices",
+    "guided_qkv",
     "linear",
 ]
 
@@ -58,6 +60,25 @@ def class_slices(num: int, chunk: int) -> list[slice]:
     if chunk <= 0 or chunk >= num:
         return [slice(0, num)]
     return [slice(s, min(s + chunk, num)) for s in range(0, num, chunk)]
+
+
+def over_class_slices(fn: Callable[[slice], torch.Tensor], num: int, chunk: int) -> torch.Tensor:
+    """``fn(s)`` over :func:`class_slices`, stacked along dim 1 (the class axis; the class attention
+    slices its position axis the same way) into one tensor.
+
+    With a single slice the result is ``fn``'s own output (no copy); otherwise each slice's result
+    is written into a preallocated output, so only one slice's intermediates are alive at a time.
+    """
+    slices = class_slices(num, chunk)
+    if len(slices) == 1:
+        return fn(slices[0])
+    out = None
+    for s in slices:
+        y = fn(s)
+        if out is None:
+            out = y.new_empty((y.shape[0], num, *y.shape[2:]))
+        out[:, s] = y
+    return out
 
 
 def _nchw(x: torch.Tensor) -> torch.Tensor:
@@ -162,6 +183,24 @@ def window_token_order(h: int, w: int, window: int, shift: int) -> torch.Tensor:
     return window_partition(flat, window).reshape(-1)
 
 
+def guided_qkv(
+    x: torch.Tensor, guidance: Optional[torch.Tensor], q: nn.Linear, k: nn.Linear, v: nn.Linear
+) -> torch.Tensor:
+    """Fused ``[q | k | v]`` where ``q``/``k`` see ``[x || guidance]`` and ``v`` sees ``x`` only.
+
+    ``W [x; g] = W_x x + W_g g``: the guidance term is projected on the guidance's own (broadcastable,
+    smaller) shape once and added, instead of concatenating the guidance to every token.
+    """
+    c = v.in_features
+    weight = torch.cat([q.weight[:, :c], k.weight[:, :c], v.weight], dim=0)
+    bias = torch.cat([q.bias, k.bias, v.bias])
+    if guidance is None:
+        return linear(x, weight, bias)
+    g_qk = F.linear(guidance, torch.cat([q.weight[:, c:], k.weight[:, c:]], dim=0), bias[: 2 * c])
+    g_term = torch.cat([g_qk, bias[2 * c :].expand(*g_qk.shape[:-1], c)], dim=-1)
+    return linear(x, weight).add_(g_term)
+
+
 class WindowAttention(nn.Module):
     """Window self-attention whose queries/keys also see the appearance guidance.
 
@@ -184,15 +223,7 @@ class WindowAttention(nn.Module):
         The guidance term is the same for every class, so it is projected once per image and
         broadcast over the class axis.
         """
-        c = self.dim
-        weight = torch.cat([self.q.weight[:, :c], self.k.weight[:, :c], self.v.weight], dim=0)
-        bias = torch.cat([self.q.bias, self.k.bias, self.v.bias])
-        if guidance is None:
-            return linear(x, weight, bias)
-        qkv = linear(x, weight)
-        g_qk = F.linear(guidance, torch.cat([self.q.weight[:, c:], self.k.weight[:, c:]], dim=0), bias[: 2 * c])
-        g_term = torch.cat([g_qk, bias[2 * c :].expand(*g_qk.shape[:-1], c)], dim=-1)
-        return qkv.add_(g_term)
+        return guided_qkv(x, guidance, self.q, self.k, self.v)
 
     def attend(self, qkv: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         """Multi-head attention within windows: (N, L, 3C) -> (N, L, C) (before ``proj``)."""
@@ -314,13 +345,7 @@ class SwinTransformerBlockWrapper(nn.Module):
             y = self.block_2.windowed(_gather_tokens(y, self.order_between), g2)
             return _gather_tokens(y, self.block_2.token_restore).view(b, n, h, w, c)
 
-        slices = class_slices(t, class_chunk)
-        if len(slices) == 1:
-            return pair(x)
-        out = torch.empty_like(x)
-        for s in slices:
-            out[:, s] = pair(x[:, s])
-        return out
+        return over_class_slices(lambda s: pair(x[:, s]), t, class_chunk)
 
 
 def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -377,14 +402,7 @@ class AttentionLayer(nn.Module):
         broadcast over positions.
         """
         b, p, t, c = x.shape
-        weight = torch.cat([self.q.weight[:, :c], self.k.weight[:, :c], self.v.weight], dim=0)
-        bias = torch.cat([self.q.bias, self.k.bias, self.v.bias])
-        if guidance is None:
-            qkv = linear(x, weight, bias)
-        else:
-            g_qk = F.linear(guidance, torch.cat([self.q.weight[:, c:], self.k.weight[:, c:]], dim=0), bias[: 2 * c])
-            g_term = torch.cat([g_qk, bias[2 * c :].expand(b, t, c)], dim=-1)
-            qkv = linear(x, weight).add_(g_term.unsqueeze(1))
+        qkv = guided_qkv(x, None if guidance is None else guidance.unsqueeze(1), self.q, self.k, self.v)
         q, k, v = qkv.reshape(b * p, t, 3, self.nheads, -1).unbind(2)  # (N, L, H, D) each
         out = _CLASS_ATTENTION[self.attention_type](q, k, v)
         return out.reshape(b, p, t, c)
@@ -443,28 +461,20 @@ class ClassTransformerLayer(nn.Module):
             if guidance is not None:
                 guidance = torch.cat([guidance, self.padding_guidance.expand(b, pad, -1)], dim=1)
         num_pos = hp * wp
-        if class_chunk > 0:
-            per_slice = max(1, class_chunk * num_pos // tokens.shape[2])
-            mixed = torch.empty_like(tokens)
-            for s in class_slices(num_pos, per_slice):
-                mixed[:, s] = self._mix(tokens[:, s], guidance)
-            tokens = mixed
-        else:
-            tokens = self._mix(tokens, guidance)
+        per_slice = max(1, class_chunk * num_pos // tokens.shape[2]) if class_chunk > 0 else 0
+        source = tokens  # slices of positions (dim 1): each position attends over all classes
+        tokens = over_class_slices(lambda s: self._mix(source[:, s], guidance), num_pos, per_slice)
         if padded:
             tokens = tokens[:, :, :t]
-        slices = class_slices(t, class_chunk)
-        out = x if len(slices) == 1 else torch.empty_like(x)
-        for s in slices:
+
+        def add_upsampled(s: slice) -> torch.Tensor:
             n = s.stop - s.start
             up = _nchw(tokens[:, :, s].transpose(1, 2).reshape(b * n, hp, wp, c))
             if (hp, wp) != (h, w):
                 up = F.interpolate(up, size=(h, w), mode="bilinear", align_corners=True)
-            up = _nhwc(up).reshape(b, n, h, w, c)
-            if len(slices) == 1:
-                return x + up
-            out[:, s] = x[:, s] + up
-        return out
+            return x[:, s] + _nhwc(up).reshape(b, n, h, w, c)
+
+        return over_class_slices(add_upsampled, t, class_chunk)
 
 
 class AggregatorLayer(nn.Module):
@@ -637,14 +647,12 @@ class AggregatorBase(nn.Module):
     def embed_cost(conv: nn.Conv2d, corr: torch.Tensor, class_chunk: int = 0) -> torch.Tensor:
         """(B, T, H, W, P) cost -> (B, T, H, W, hidden) with a per-class convolution."""
         b, t, h, w, p = corr.shape
-        slices = class_slices(t, class_chunk)
-        if len(slices) == 1:
-            return _nhwc(conv(_nchw(corr.reshape(b * t, h, w, p)))).reshape(b, t, h, w, -1)
-        out = corr.new_empty(b, t, h, w, conv.out_channels)
-        for s in slices:
+
+        def embed(s: slice) -> torch.Tensor:
             n = s.stop - s.start
-            out[:, s] = _nhwc(conv(_nchw(corr[:, s].reshape(b * n, h, w, p)))).reshape(b, n, h, w, -1)
-        return out
+            return _nhwc(conv(_nchw(corr[:, s].reshape(b * n, h, w, p)))).reshape(b, n, h, w, -1)
+
+        return over_class_slices(embed, t, class_chunk)
 
     def project_guidance(self, vis: Sequence[torch.Tensor]) -> tuple[Optional[torch.Tensor], list]:
         """Appearance guidance (from the coarsest map) and decoder guidance (from the finer ones)."""
@@ -666,21 +674,16 @@ class AggregatorBase(nn.Module):
         """(B, T, h, w, C) aggregated cost -> (B, T, 4h, 4w) logits, optionally over class slices."""
         b, t, h, w, c = x.shape
         terms = [self.decoder1.guidance_term(guidance[0]), self.decoder2.guidance_term(guidance[1])]
-        slices = class_slices(t, class_chunk)
-        out = None
-        for s in slices:
+
+        def decode_slice(s: slice) -> torch.Tensor:
             n = s.stop - s.start
             y = _nchw(x[:, s].reshape(b * n, h, w, c))
             y = self.decoder1(y, guidance[0], terms[0])
             y = self.decoder2(y, guidance[1], terms[1])
             y = self.head(y)
-            y = y.reshape(b, n, *y.shape[-2:])
-            if len(slices) == 1:
-                return y
-            if out is None:
-                out = y.new_empty(b, t, *y.shape[-2:])
-            out[:, s] = y
-        return out
+            return y.reshape(b, n, *y.shape[-2:])
+
+        return over_class_slices(decode_slice, t, class_chunk)
 
 
 def cosine_cost(img_feats: torch.Tensor, text_feats: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .aggregator import AggregatorBase, AggregatorLayer, class_slices, cosine_cost, linear
+from .aggregator import AggregatorBase, AggregatorLayer, cosine_cost, linear, over_class_slices
 
 __all__ = ["PartAggregator"]
 
@@ -156,14 +156,11 @@ class PartAggregator(AggregatorBase):
         obj_index = torch.cat([class_to_object, torch.tensor([t1 - num_parts - 1], device=device)])
         text = F.normalize(text_specific, dim=-1)
         t2, p = text.shape[1:3]
-        slices = class_slices(t2, class_chunk)
-        out = None if len(slices) == 1 else embed.new_empty(b, t2, h, w, p)
-        for s in slices:
+
+        def cost(s: slice) -> torch.Tensor:
             feats = part_side.index_select(1, part_index[s]).add_(obj_side.index_select(1, obj_index[s]))
             feats = F.normalize(feats, dim=-1)
             n = feats.shape[1]
-            cost = torch.matmul(feats.view(b, n, h * w, -1), text[:, s].transpose(-1, -2)).view(b, n, h, w, p)
-            if out is None:
-                return cost
-            out[:, s] = cost
-        return out
+            return torch.matmul(feats.view(b, n, h * w, -1), text[:, s].transpose(-1, -2)).view(b, n, h, w, p)
+
+        return over_class_slices(cost, t2, class_chunk)
