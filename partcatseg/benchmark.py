@@ -280,13 +280,12 @@ def _text_features(model):
 
 def _reset_text_caches(model) -> None:
     """Forget every in-memory text feature (as a new process would) but keep the disk cache."""
-    from .modeling.text import TextFeatureCache
+    from .modeling.text import TextFeatureCache, forget_text_fingerprint
 
     model.text_cache = TextFeatureCache(model.text_cache.cache_dir)
     if hasattr(model, "_vocab_tensors"):
         model._vocab_tensors = {}
-    if hasattr(model.clip_model, "_partcatseg_text_fp"):
-        object.__delattr__(model.clip_model, "_partcatseg_text_fp")
+    forget_text_fingerprint(model.clip_model)
 
 
 def _records(model, spec: BenchmarkSpec, n: int, train: bool = False) -> list[dict]:

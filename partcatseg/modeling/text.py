@@ -19,7 +19,14 @@ from torch import nn
 
 from .clip import tokenize
 
-__all__ = ["encode_tokens", "encode_prompts", "encode_class_names", "text_tower_fingerprint", "TextFeatureCache"]
+__all__ = [
+    "encode_tokens",
+    "encode_prompts",
+    "encode_class_names",
+    "text_tower_fingerprint",
+    "forget_text_fingerprint",
+    "TextFeatureCache",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -91,10 +98,19 @@ def _text_parameters(clip_model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     ]
 
 
+_FINGERPRINT_ATTR = "_partcatseg_text_fp"
+
+
+def forget_text_fingerprint(clip_model: nn.Module) -> None:
+    """Drop the memoised fingerprint, so the next call hashes the weights again (as a new process would)."""
+    if hasattr(clip_model, _FINGERPRINT_ATTR):
+        object.__delattr__(clip_model, _FINGERPRINT_ATTR)
+
+
 def text_tower_fingerprint(clip_model: nn.Module) -> str:
     """SHA-256 of the text tower's weights: the cache key part that changes with the checkpoint."""
     versions = tuple(p._version for _, p in _text_parameters(clip_model))
-    memo = getattr(clip_model, "_partcatseg_text_fp", None)
+    memo = getattr(clip_model, _FINGERPRINT_ATTR, None)
     if memo is not None and memo[0] == versions:
         return memo[1]
     h = hashlib.sha256()
@@ -103,7 +119,7 @@ def text_tower_fingerprint(clip_model: nn.Module) -> str:
         h.update(str(tuple(p.shape)).encode())
         h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     digest = h.hexdigest()
-    object.__setattr__(clip_model, "_partcatseg_text_fp", (versions, digest))
+    object.__setattr__(clip_model, _FINGERPRINT_ATTR, (versions, digest))
     return digest
 
 
