@@ -27,11 +27,17 @@ setup(
         "tqdm>=4.60",
         "tabulate>=0.9",
         "tensorboard>=2.12",
+        "scikit-image>=0.21",
+        "safetensors>=0.4",
     ],
     extras_require={
-        "dev": ["pytest>=7.0", "scikit-image>=0.21"],
+        "dev": ["pytest>=7.0"],
     },
     entry_points={
-        "console_scripts": ["partcatseg-demo=partcatseg.cli.demo:main"],
+        "console_scripts": [
+            "partcatseg-demo=partcatseg.cli.demo:main",
+            "partcatseg-benchmark=partcatseg.cli.benchmark:main",
+            "partcatseg-download-weights=partcatseg.cli.download_weights:main",
+        ],
     },
 )

@@ -27,36 +27,6 @@ from partcatseg.weights import resolve_weights  # noqa: E402
 logger = logging.getLogger("partcatseg.train_net")
 
 
-def fill_pretrained_encoders(cfg, model, report) -> None:
-    """Training from scratch: pretrained DINOv2 / CLIP for whatever MODEL.WEIGHTS did not provide.
-
-    The official code builds DINOv2 from torch.hub and CLIP from OpenAI's file, then loads the
-    checkpoint over them; loading the checkpoint first and filling the gaps gives the same weights.
-    """
-    from partcatseg.modeling.clip import OPENAI_CLIP_WEIGHTS, load_clip_weights
-    from partcatseg.modeling.dinov2 import load_dinov2_weights
-
-    net = unwrap_model(model)
-    missing = set(report.missing) if report is not None else None  # None: no checkpoint at all
-
-    def not_provided(prefix: str) -> bool:
-        keys = [k for k in net.state_dict() if k.startswith(prefix) and not k.endswith("mask_token")]
-        return bool(keys) and (missing is None or all(k in missing for k in keys))
-
-    backbone = getattr(net, "backbone", None)
-    if cfg.MODEL.DINO_WEIGHTS and hasattr(backbone, "dinov2") and not_provided("backbone.dinov2."):
-        path = resolve_weights(cfg.MODEL.DINO_WEIGHTS)
-        load_dinov2_weights(backbone, path)
-        logger.info("Loaded pretrained DINOv2 from %s", path)
-    clip_name = cfg.MODEL.CLIP_WEIGHTS
-    if clip_name == "auto":
-        clip_name = "" if cfg.MODEL.CLIP_ARCH == "tiny" else OPENAI_CLIP_WEIGHTS.get(cfg.MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED, "")
-    if clip_name and not_provided("sem_seg_head.predictor.clip_model."):
-        path = resolve_weights(clip_name)
-        load_clip_weights(net.sem_seg_head.predictor.clip_model, path)
-        logger.info("Loaded pretrained CLIP from %s", path)
-
-
 def main(args):
     cfg = setup_cfg(args.config_file, args.opts + (["EVAL_ONLY", "True"] if args.eval_only else []))
     default_setup(cfg, args)
@@ -83,7 +53,10 @@ def main(args):
     resuming = args.resume and trainer.checkpointer.has_checkpoint()
     trainer.resume_or_load(resume=args.resume, weights=weights)
     if not resuming:
-        fill_pretrained_encoders(cfg, trainer.model, trainer.checkpointer.last_report if weights else None)
+        # training from scratch: pretrained encoders for whatever MODEL.WEIGHTS did not provide (the
+        # official code downloads them at construction; here they load after the checkpoint)
+        report = trainer.checkpointer.last_report if weights else None
+        unwrap_model(trainer.model).load_pretrained(report.missing if report is not None else None)
     trainer.data_loader = train_loader_from_config(cfg, start_iter=trainer.start_iter)
     results = trainer.train()
     if trainer.interrupted:

@@ -17,6 +17,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from .vocab import SEP, split_part_name
+
 __all__ = [
     "class_color",
     "object_of",
@@ -48,7 +50,7 @@ def class_color(name: str) -> tuple[int, int, int]:
 
 def object_of(name: str) -> str:
     """The object of an "obj's part" class (the whole name for semantic classes)."""
-    return name.split("'s", 1)[0].strip() if "'s" in name else name
+    return split_part_name(name)[0] if SEP in name else name
 
 
 def object_map(labels: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
@@ -69,13 +71,10 @@ def object_outlines(labels: np.ndarray, class_names: Sequence[str], thickness: O
     Parts of one object share a region, so outlines show objects, not every part edge.
     """
     import cv2
+    from skimage.segmentation import find_boundaries
 
     obj = object_map(labels, class_names)
-    edge = np.zeros(obj.shape, dtype=bool)
-    edge[:, 1:] |= obj[:, 1:] != obj[:, :-1]
-    edge[:, :-1] |= obj[:, 1:] != obj[:, :-1]
-    edge[1:, :] |= obj[1:, :] != obj[:-1, :]
-    edge[:-1, :] |= obj[1:, :] != obj[:-1, :]
+    edge = find_boundaries(obj, connectivity=1, mode="thick")
     edge &= obj >= 0  # draw on the object's side only
     t = thickness if thickness is not None else _thickness(obj.shape)
     if t > 1:

@@ -1,7 +1,6 @@
 """Shared test fixtures: tiny model configs and paths to the copied reference data."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -61,6 +60,3 @@ def _offline_hubs(monkeypatch):
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     yield
 
-
-def pytest_configure(config):
-    os.environ.setdefault("PARTCATSEG_TEST", "1")

@@ -12,13 +12,13 @@ from partcatseg.benchmark import (
     SCHEMA,
     BenchmarkSpec,
     format_table,
-    main,
     peak_rss_mb,
     run_benchmark,
     summarize,
     synthetic_part_vocabulary,
 )
-from partcatseg.benchmark_official import AGGREGATOR_FILE, CLIP_FILE, OfficialPartCATSeg, load_official_modules
+from partcatseg.benchmark.official import AGGREGATOR_FILE, CLIP_FILE, OfficialPartCATSeg, load_official_modules
+from partcatseg.cli.benchmark import main
 
 CONFIG = str(REPO / "configs/zero_shot/partcatseg_voc.yaml")
 STATS_KEYS = {"median", "q1", "q3", "min", "max", "n", "samples"}
@@ -70,9 +70,10 @@ def test_tiny_run_report_schema(tmp_path):
     assert report["schema"] == SCHEMA
     assert report["config_file"] == CONFIG and report["device"] == "cpu" and report["batch_size"] == 2
     assert report["image_size"] == [48, 64] and report["repeats"] == 1 and report["isolated_phases"] is False
-    assert report["vocabulary"] == {"classes": 116, "stage1_classes": 59, "stage2_classes": 117, "templates": 1}
-    assert report["settings"] == {"class_chunk": 0, "amp": "", "channels_last": False, "compile": False,
-                                  "class_chunk_effective": 1024}
+    assert report["model"] == {"meta_architecture": "PartCATSeg", "task": "part", "classes": 116, "objects": 20,
+                               "generalized_parts": 42, "generalized_objects": 16, "stage1_classes": 59,
+                               "stage2_classes": 117, "templates": 1, "class_chunk": 1024, "inference_amp": "fp32"}
+    assert report["settings"] == {"class_chunk": 0, "amp": "", "channels_last": False, "compile": False}
     assert {"torch", "python", "threads", "cpu", "machine"} <= set(report["environment"])
     phases = report["phases"]
     assert list(phases) == list(PHASES)
@@ -95,7 +96,7 @@ def test_tiny_run_report_schema(tmp_path):
     table = format_table(report)
     for row in ("build", "text_cold", "text_cached", "inference batch 1", "inference batch 2", "train_step"):
         assert row in table
-    assert "classes=116" in table and "class_chunk_effective=1024" in table
+    assert "classes=116" in table and "class_chunk=1024" in table
 
 
 def test_cli_isolated_phase_writes_json(tmp_path, capsys):
@@ -105,7 +106,7 @@ def test_cli_isolated_phase_writes_json(tmp_path, capsys):
     assert main(argv) == 0
     report = json.loads(out.read_text())
     assert report["isolated_phases"] is True and list(report["phases"]) == ["inference"]
-    assert report["vocabulary"]["classes"] == 30 and report["vocabulary"]["stage2_classes"] == 31
+    assert report["model"]["classes"] == 30 and report["model"]["stage2_classes"] == 31
     # measured in a child process: its own peak, not this test process's
     assert report["phases"]["inference"]["peak_is_section"] in (True, False)
     assert "inference batch 2" in capsys.readouterr().out
@@ -122,7 +123,7 @@ def test_official_phase_needs_an_official_checkout(tmp_path):
 def test_official_phase_runs_the_official_code_with_parity(tmp_path):
     report = run_benchmark(_spec(tmp_path, official_root=OFFICIAL_ROOT), ["official"], isolate=False)
     assert list(report["phases"]) == ["official"]
-    assert report["vocabulary"]["stage2_classes"] == 117
+    assert report["model"]["stage2_classes"] == 117
     res = report["phases"]["official"]
     assert set(res) == {"startup", "official_notes", "official", "ours", "speedup_median", "official_parity"}
     _check_stats(res["startup"]["seconds"], 1)
@@ -152,25 +153,25 @@ def test_official_phase_runs_the_official_code_with_parity(tmp_path):
 def test_official_wrapper_text_costs_and_batch_rule(tmp_path):
     import torch
 
-    from partcatseg.benchmark import _build, _records
+    from partcatseg.benchmark.phases import _build, _records
 
     spec = _spec(tmp_path)
     model = _build(spec)
     official = OfficialPartCATSeg(model, OFFICIAL_ROOT)
     templates = len(model.templates)
-    for split, vocab in (("train", model.train_vocab), ("test", model.test_vocab)):
+    for split, vocab in (("train", model.train_vocabulary), ("test", model.vocabulary)):
         part_obj, specific = official.text[split]
         assert part_obj.shape[:2] == (vocab.num_text_classes_stage1, templates)
         assert specific.shape[:2] == (vocab.num_text_classes_stage2, templates)
-    ours = model.vocab_tensors(model.test_vocab)
+    ours = model.vocab_tensors(model.vocabulary)
     assert torch.allclose(official.text["test"][0], ours.text_part_obj, atol=1e-5)
     assert torch.allclose(official.text["test"][1], ours.text_specific, atol=1e-5)
     records = _records(model, spec, 2)
     out = official(records[:1])[0]
     assert set(out["costs"]) == {"part_obj_cost", "specific_part_cost", "part_obj_cost_emb", "specific_part_cost_emb"}
     assert all(v.device.type == "cpu" for v in out["costs"].values())
-    assert out["sem_seg"].shape == (len(model.test_vocab.classes), 48, 64)
-    assert out["sem_seg_all"].shape == (len(model.test_vocab.classes) + 1, 48, 64)
+    assert out["sem_seg"].shape == (len(model.vocabulary), 48, 64)
+    assert out["sem_seg_all"].shape == (len(model.vocabulary) + 1, 48, 64)
     with pytest.raises(ValueError, match="one image per call"):
         official(records)
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 from conftest import DATA, REPO, TINY_OPTS
 
-from partcatseg.benchmark import BenchmarkSpec, RandomTextFeatures, format_table, main, run_benchmark
+from partcatseg.benchmark import BenchmarkSpec, RandomTextFeatures, format_table, run_benchmark
+from partcatseg.cli.benchmark import main
 
 CONFIG = str(REPO / "configs/zero_shot/partcatseg_voc.yaml")
 
@@ -31,37 +32,43 @@ def test_accuracy_phase_on_a_synthetic_record(tmp_path):
     assert "accuracy bf16" in table and "argmax agree" in table
 
 
-def test_accuracy_phase_uses_the_fixture_config_weights_and_image(tmp_path, monkeypatch):
-    """With --fixture the phase takes the fixture's options, rule weights, background embedding and
-    record (a tiny fixture in the official format; the full-size one is the slow speed-mode test)."""
-    import partcatseg.benchmark_accuracy as acc
-    from partcatseg.fixtures import rule_tensor
+def test_accuracy_phase_uses_the_fixture_config_and_image_with_given_weights(tmp_path, monkeypatch):
+    """With --fixture the phase takes the fixture's options and record, and --weights (here the rule
+    weights written by tests/weights_rule.py); the full-size fixture is the slow speed-mode test."""
+    import partcatseg.benchmark.accuracy as acc
+    from weights_rule import main as write_rule_weights
+    from weights_rule import rule_tensor
 
     g = torch.Generator().manual_seed(0)
     fixture = tmp_path / "tiny_fixture.pt"
     bg = torch.randn(1, 64, generator=g)
-    torch.save({"config": "configs/zero_shot/partcatseg_voc.yaml", "opts": TINY_OPTS,
+    torch.save({"config": str(REPO / "configs/zero_shot/partcatseg_voc.yaml"), "opts": TINY_OPTS,
                 "image": torch.randint(0, 256, (3, 40, 52), generator=g, dtype=torch.uint8),
                 "height": 40, "width": 52, "gt_object_class": 7, "non_object_embedding": bg}, fixture)
+    weights = tmp_path / "rule.pth"
+    assert write_rule_weights([str(fixture), str(weights)]) == 0
     seen = {}
     real = acc.mode_deltas
 
-    def spy(model, records, modes):
+    def spy(model, build, records, modes):
         seen["size"] = (records[0]["height"], records[0]["width"], records[0]["object_class"])
         seen["weight"] = model.aggregator.conv1.weight.detach().clone()
         seen["bg"] = model.sem_seg_head.predictor.non_object_embedding.detach().clone()
-        return real(model, records, modes)
+        variant = build(["TEST.CLASS_CHUNK", "3"])  # same weights, other settings
+        seen["variant"] = (variant.aggregator.class_chunk, variant.aggregator.conv1.weight.detach().clone())
+        return real(model, build, records, modes)
 
     monkeypatch.setattr(acc, "mode_deltas", spy)
-    spec = _spec(tmp_path, opts=[], fixture=str(fixture), accuracy_modes=["one_pass"])
+    spec = _spec(tmp_path, opts=[], fixture=str(fixture), weights=str(weights), accuracy_modes=["one_pass"])
     report = run_benchmark(spec, ["accuracy"], isolate=False)
     res = report["phases"]["accuracy"]
-    assert res["source"] == {"fixture": str(fixture), "image_size": [40, 52]}
+    assert res["source"] == {"fixture": str(fixture), "weights": str(weights), "image_size": [40, 52]}
     assert list(res["modes"]) == ["reference", "one_pass"] and res["modes"]["one_pass"]["max_abs_diff"] <= 1e-5
     assert seen["size"] == (40, 52, 7)
     key = "sem_seg_head.predictor.transformer.conv1.weight"
     torch.testing.assert_close(seen["weight"], rule_tensor(key, seen["weight"].shape))
     assert torch.equal(seen["bg"], bg)
+    assert seen["variant"][0] == 3 and torch.equal(seen["variant"][1], seen["weight"])
 
 
 def test_missing_fixture_is_a_clear_error(tmp_path):
@@ -88,7 +95,7 @@ def test_random_text_scaling_run_and_its_guard(tmp_path):
             "--no-isolate", "--json", str(out), *TINY_OPTS]
     assert main(argv) == 0
     report = json.loads(out.read_text())
-    assert report["vocabulary"]["classes"] == 300 and report["vocabulary"]["stage2_classes"] == 301
+    assert report["model"]["classes"] == 300 and report["model"]["stage2_classes"] == 301
     assert report["phases"]["inference"]["batch_1"]["images_per_second"] > 0
     with pytest.raises(ValueError, match="--random-text replaces text encoding"):
         run_benchmark(_spec(tmp_path, random_text=True), ["text_cold"], isolate=False)

@@ -14,10 +14,16 @@ from partcatseg.data.catalog import (
     DatasetCatalog,
     Metadata,
     MetadataCatalog,
-    part_vocabulary_for,
     register_all_metadata,
 )
-from partcatseg.vocab import get_part_dataset, get_semantic_classes
+from partcatseg.vocab import (
+    TOY_DATASET_NAMES,
+    Vocabulary,
+    dataset_vocabulary,
+    get_part_dataset,
+    get_semantic_classes,
+    register_dataset_vocabulary,
+)
 
 
 def _sha16(names) -> str:
@@ -220,21 +226,36 @@ def test_register_all_metadata_is_idempotent_and_refuses_silent_changes():
         register_all_metadata(root="/somewhere/else")
 
 
-# ---------------------------------------------------------------- part_vocabulary_for
+# ---------------------------------------------------------------- dataset vocabularies
 @pytest.mark.parametrize("dataset", sorted(SIZES))
 def test_part_vocabulary_for_matches_spec_sizes(dataset):
     train_name, test_name, t1, t2 = SIZES[dataset]
-    train, test = part_vocabulary_for(train_name), part_vocabulary_for(test_name)
+    train, test = dataset_vocabulary(train_name), dataset_vocabulary(test_name)
     assert (train.num_text_classes_stage1, test.num_text_classes_stage1) == t1
     assert (train.num_text_classes_stage2, test.num_text_classes_stage2) == t2
     assert list(test.classes) == list(MetadataCatalog.get(test_name).stuff_classes)
 
 
-def test_part_vocabulary_for_errors():
-    with pytest.raises(KeyError, match="voc_obj_part_sem_seg_train"):
-        part_vocabulary_for("voc_part_train")
-    with pytest.raises(ValueError, match="not a part dataset"):
-        part_vocabulary_for("ade20k_150_test_sem_seg")
-    from partcatseg.vocab import part_vocabulary_for as reexported
+def test_dataset_vocabulary_errors_and_registered_metadata():
+    with pytest.raises(KeyError, match="Dataset 'voc_part_train' has no vocabulary"):
+        dataset_vocabulary("voc_part_train")
+    semantic = dataset_vocabulary("ade20k_150_test_sem_seg")
+    assert not semantic.has_parts and len(semantic) == 150
+    assert len(dataset_vocabulary("voc_2012_test_background_sem_seg")) == 59  # the voc20b query vocabulary
+    # a dataset registered by its metadata gives models its vocabulary (data -> vocab provider)
+    MetadataCatalog.get("my_parts_val").set(stuff_classes=["robot's arm", "robot's head"], obj_classes=["cup", "robot"])
+    try:
+        vocab = dataset_vocabulary("my_parts_val")
+        assert vocab.has_parts and vocab.classes == ["robot's arm", "robot's head"] and vocab.objects == ["cup", "robot"]
+    finally:
+        MetadataCatalog.remove("my_parts_val")
+    register_dataset_vocabulary("my_words", Vocabulary(["sky", "sea"]))
+    assert dataset_vocabulary("my_words").classes == ["sky", "sea"]
+    with pytest.raises(ValueError, match="built-in dataset"):
+        register_dataset_vocabulary("voc_obj_part_sem_seg_train", Vocabulary(["sky"]))
 
-    assert reexported is part_vocabulary_for
+
+@pytest.mark.parametrize("name", PART_DATASET_NAMES + TOY_DATASET_NAMES)
+def test_vocabulary_registry_equals_the_catalog_metadata(name):
+    meta, vocab = MetadataCatalog.get(name), dataset_vocabulary(name)
+    assert vocab.classes == list(meta.stuff_classes) and vocab.objects == list(meta.obj_classes)

@@ -17,14 +17,15 @@ from partcatseg.config import ConfigError, load_cfg
 from partcatseg.modeling.catseg import (
     CATSeg,
     CATSegBaseline,
-    catseg_from_config,
     catseg_loss,
     sliding_window_inference,
 )
+from partcatseg.modeling import build_model
 from partcatseg.modeling.catseg_aggregator import TRUNCATED_LOGIT, CATSegAggregator
 from partcatseg.modeling.clip import build_clip, encode_image_dense, split_qkv_projections
 from partcatseg.modeling.dinov2 import DINOv2Backbone
 from partcatseg.modeling.text import TextFeatureCache
+from partcatseg.vocab import Vocabulary
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
@@ -66,8 +67,8 @@ def tiny_catseg(names=("cat", "dog, puppy", "grass")) -> CATSeg:
     clip_model = build_clip("", tiny=TINY_CLIP)
     split_qkv_projections(clip_model)
     return CATSeg(
-        clip_model=clip_model, aggregator=tiny_aggregator(), train_class_names=names,
-        test_class_names=names, guidance_layers=(0, 1), clip_resolution=(96, 96),
+        clip_model=clip_model, aggregator=tiny_aggregator(), train_vocabulary=Vocabulary(names, parts=False),
+        test_vocabulary=Vocabulary(names, parts=False), guidance_layers=(0, 1), clip_resolution=(96, 96),
         text_cache=TextFeatureCache(None),
     )
 
@@ -80,13 +81,13 @@ def image(h: int, w: int, seed: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------ full-size key lists
 def test_cvpr_vitb_state_dict_and_trainable_params_match_official(tmp_path):
     cfg = load_cfg(str(ROOT / "configs/catseg/vitb_384.yaml"), ["MODEL.TEXT_CACHE_DIR", str(tmp_path)])
-    model = catseg_from_config(cfg)
-    assert isinstance(model, CATSeg)
+    model = build_model(cfg)
+    assert isinstance(model, CATSeg) and model.task == "semantic"
     assert shapes(model) == read_tsv("catseg_cvpr_vitb_384.tsv")  # 484 keys, split q/k/v, upsample1/2
     assert model.guidance_layers == (3, 7) and model.clip_resolution == (384, 384)
-    assert model.train_class_names[:3] == ["person", "bicycle", "car"] and len(model.test_class_names) == 171
+    assert model.train_vocabulary.classes[:3] == ["person", "bicycle", "car"] and len(model.vocabulary) == 171
     trainable = {n: p.numel() for n, p in model.sem_seg_head.predictor.clip_model.named_parameters() if p.requires_grad}
-    # only q/v of all 24 blocks (12 visual + 12 text): 48 tensors, 20,447,232 parameters (spec §2.3)
+    # only q/v of all 24 blocks (12 visual + 12 text): 48 tensors, 20,447,232 parameters
     assert len(trainable) == 48 and sum(trainable.values()) == 20_447_232
     assert all(n.endswith(("attn.q_proj_weight", "attn.v_proj_weight")) for n in trainable)
     assert all(p.requires_grad for n, p in model.named_parameters() if "clip_model" not in n)
@@ -94,19 +95,19 @@ def test_cvpr_vitb_state_dict_and_trainable_params_match_official(tmp_path):
 
 def test_baseline_state_dict_matches_part_catseg_voc_config(tmp_path):
     cfg = load_cfg(str(ROOT / "configs/zero_shot/catseg_voc.yaml"), ["MODEL.TEXT_CACHE_DIR", str(tmp_path)])
-    model = catseg_from_config(cfg)
-    assert isinstance(model, CATSegBaseline)
+    model = build_model(cfg)
+    assert isinstance(model, CATSegBaseline) and model.task == "part"
     assert shapes(model) == read_tsv("partcatseg_repo_catseg_baseline_voc.tsv")  # 604 keys, fused in_proj
     assert len(model.templates) == 80 and model.aggregator.pad_len == 0
-    assert len(model.train_class_names) == 74 and len(model.test_class_names) == 116
-    assert model.test_obj_classes[0] == "aeroplane"
+    assert len(model.train_vocabulary) == 74 and len(model.vocabulary) == 116
+    assert model.vocabulary.objects[0] == "aeroplane"
     assert not any(p.requires_grad for p in model.sem_seg_head.predictor.clip_model.parameters())  # CLIP_FINETUNE ""
 
 
 def test_r101_baseline_config_builds_detectron2_resnet(tmp_path):
     """catseg_ade / catseg_partimagenet: OV-PARTS' baseline with detectron2 ResNet-101 guidance."""
     cfg = load_cfg(str(ROOT / "configs/zero_shot/catseg_ade.yaml"), ["MODEL.TEXT_CACHE_DIR", str(tmp_path)])
-    model = catseg_from_config(cfg)
+    model = build_model(cfg)
     assert isinstance(model, CATSegBaseline)
     ours = shapes(model)
     ref = read_tsv("partcatseg_repo_catseg_baseline_voc.tsv")
@@ -128,7 +129,7 @@ def test_r101_baseline_config_builds_detectron2_resnet(tmp_path):
     cfg.defrost()
     cfg.MODEL.SEM_SEG_HEAD.APPEARANCE_GUIDANCE_DIM = 384
     with pytest.raises(ConfigError, match=r"APPEARANCE_GUIDANCE_DIM=384 \(expected 1024\)"):
-        catseg_from_config(cfg)
+        build_model(cfg)
 
 
 # ------------------------------------------------------------------------------ CLIP q/k/v split parity
@@ -291,7 +292,7 @@ def test_cvpr_inference_shapes_vocabulary_and_batching():
     assert both[1]["sem_seg"].shape == (3, 64, 64)
     # first synonym only; the vocabulary is an input (cache keyed by names, never stale)
     torch.testing.assert_close(model.text_features(["dog, puppy"]), model.text_features(["dog"]))
-    model.set_test_vocabulary(["sky", "tree"])
+    model.set_vocabulary(Vocabulary(["sky", "tree"]))
     assert model([a])[0]["sem_seg"].shape == (2, 100, 140)
 
 
@@ -341,7 +342,8 @@ def tiny_baseline() -> CATSegBaseline:
     return CATSegBaseline(
         backbone=backbone, clip_model=build_clip("", tiny=TINY_CLIP),
         aggregator=tiny_aggregator(decoder_guidance_dims=(32, 32), prompt_channel=2, pad_len=0),
-        train_class_names=PART_NAMES[:3], test_class_names=PART_NAMES, test_obj_classes=["cat", "dog", "bottle"],
+        train_vocabulary=Vocabulary(PART_NAMES[:3], parts=True),
+        test_vocabulary=Vocabulary(PART_NAMES, ["cat", "dog", "bottle"], parts=True),
         templates=["a photo of a {}.", "art of the {}."], clip_resolution=(96, 96),
         text_cache=TextFeatureCache(None),
     )
@@ -349,7 +351,7 @@ def tiny_baseline() -> CATSegBaseline:
 
 def test_baseline_training_uses_background_and_frozen_clip():
     model = tiny_baseline().train()
-    text = model.text_features(model.train_class_names)
+    text = model.text_features(model.train_vocabulary.classes)
     bg = F.normalize(model.sem_seg_head.predictor.non_object_embedding.detach(), dim=-1)
     assert text.shape == (4, 2, 32) and not text.requires_grad
     torch.testing.assert_close(text[-1], bg.expand(2, -1))  # bg row = normalised checkpoint vector

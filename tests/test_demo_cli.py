@@ -124,8 +124,8 @@ def test_short_weights_name_dataset_vocabulary_object_and_mask(checkpoint, tmp_p
         (["--vocabulary", "pascal_part_11"], "Unknown part vocabulary 'pascal_part_11'"),
         (["--vocabulary", "ade150"], "that is a semantic vocabulary"),
         (["--objects", "cat: head", "--object", "lion"], "--object 'lion' is not an object of the vocabulary; objects: ['cat']"),
-        (["--classes", "cat, dog"], "--classes is for CAT-Seg semantic models"),
-        (["--vocabulary", "pascal_part_116", "--objects", "cat: head"], "not both"),
+        (["--classes", "cat, dog"], "--classes is for semantic models (CAT-Seg)"),
+        (["--vocabulary", "pascal_part_116", "--objects", "cat: head"], "not vocabulary and objects"),
     ],
 )
 def test_bad_vocabularies_give_clear_errors(extra, message, tmp_path, capsys):
@@ -151,13 +151,14 @@ def test_semantic_vocabulary_options():
     def parse(*extra):
         return build_parser().parse_args(["--input", "x", "--output", "y", *extra])
 
-    assert _resolve_vocabulary(parse("--classes", "cat, dog|puppy"), is_part=False) == {"classes": ["cat", "dog, puppy"]}
-    assert _resolve_vocabulary(parse("--vocabulary", "ade150"), is_part=False) == {"vocabulary": "ade150"}
-    assert _resolve_vocabulary(parse(), is_part=False) == {}
+    assert _resolve_vocabulary(parse("--classes", "cat, dog|puppy"), "semantic").classes == ["cat", "dog, puppy"]
+    ade = _resolve_vocabulary(parse("--vocabulary", "ade150"), "semantic")
+    assert ade.name == "ade150" and len(ade) == 150 and not ade.has_parts
+    assert _resolve_vocabulary(parse(), "semantic") is None
     with pytest.raises(DemoError, match="--objects needs a part model"):
-        _resolve_vocabulary(parse("--objects", "cat: head"), is_part=False)
+        _resolve_vocabulary(parse("--objects", "cat: head"), "semantic")
     with pytest.raises(DemoError, match="--object needs a part model"):
-        _resolve_vocabulary(parse("--object", "cat"), is_part=False)
+        _resolve_vocabulary(parse("--object", "cat"), "semantic")
 
 
 def test_split_opts():

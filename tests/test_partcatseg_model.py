@@ -69,9 +69,9 @@ def parity_model(fixture_data, tmp_path_factory):
 def test_parity_with_official_fixture(parity_model, fixture_data):
     fx = fixture_data
     model = parity_model
-    assert model.test_obj_classes == fx["test_obj_classes"]
-    assert list(model.test_vocab.classes) == fx["test_text_classes"]
-    vt = model.vocab_tensors(model.test_vocab)
+    assert model.vocabulary.objects == fx["test_obj_classes"]
+    assert list(model.vocabulary.classes) == fx["test_text_classes"]
+    vt = model.vocab_tensors(model.vocabulary)
     torch.testing.assert_close(vt.text_part_obj, fx["text_part_obj_features_test"], atol=1e-5, rtol=0)
     torch.testing.assert_close(vt.text_specific, fx["text_specific_part_features_test"], atol=1e-5, rtol=0)
     with torch.no_grad():
@@ -96,7 +96,8 @@ def test_parity_with_official_fixture(parity_model, fixture_data):
         loss = model([{"image": fx["image"], "sem_seg": fx["obj_gt"], "obj_part_sem_seg": fx["part_gt"]}])
     finally:
         model.eval()
-    assert set(loss) == {"loss_sem_seg"}
+    # one optimised loss; the four terms ride along for logging
+    assert set(loss) == {"loss_sem_seg", "term_specific_part", "term_part", "term_obj", "term_jsd"}
     assert abs(loss["loss_sem_seg"].item() - fx["train_loss"]) <= 1e-4 * fx["train_loss"]
 
 
@@ -124,7 +125,7 @@ def test_construction_copies_stage_weights_and_freezes(tiny_model):
 
 
 def test_inference_outputs_and_oracle_mask(tiny_model):
-    vocab = tiny_model.test_vocab
+    vocab = tiny_model.vocabulary
     records = [{"image": _image(70, 90, 1), "height": 35, "width": 45, "object_class": 7}]
     out = tiny_model(records)[0]
     assert out["sem_seg"].shape == (116, 35, 45)
@@ -153,7 +154,7 @@ def test_batch_equals_single_images(tiny_model):
 def test_training_loss_and_gradients(tiny_model):
     model = tiny_model.train()
     g = torch.Generator().manual_seed(5)
-    n_cls = len(model.train_vocab.classes)
+    n_cls = len(model.train_vocabulary)
     batch = []
     for i in range(2):
         part = torch.randint(0, n_cls, (64, 64), generator=g)
@@ -162,10 +163,12 @@ def test_training_loss_and_gradients(tiny_model):
         obj[10:] = 0  # aeroplane, a base object with parts
         batch.append({"image": _image(64, 64, 10 + i), "sem_seg": obj, "obj_part_sem_seg": part})
     losses = model(batch)
-    assert set(losses) == {"loss_sem_seg"}
+    assert set(losses) == {"loss_sem_seg", "term_specific_part", "term_part", "term_obj", "term_jsd"}
     loss = losses["loss_sem_seg"]
     assert loss.ndim == 0 and torch.isfinite(loss)
-    assert set(model.last_loss_terms) == {"term_specific_part", "term_part", "term_obj", "term_jsd"}
+    terms = [losses[k] for k in ("term_specific_part", "term_part", "term_obj", "term_jsd")]
+    assert not any(t.requires_grad for t in terms)
+    torch.testing.assert_close(sum(terms), loss.detach())  # all weights 1.0
     loss.backward()
     agg = model.aggregator
     assert agg.conv_proj_feat.weight.grad is not None and agg.conv_proj_feat.weight.grad.abs().sum() > 0
@@ -177,11 +180,11 @@ def test_training_loss_and_gradients(tiny_model):
 
 
 def test_background_text_follows_checkpoint_embedding(tiny_model):
-    vt = tiny_model.vocab_tensors(tiny_model.test_vocab)
+    vt = tiny_model.vocab_tensors(tiny_model.vocabulary)
     new = torch.randn(1, 64)
     with torch.no_grad():
         tiny_model.sem_seg_head.predictor.non_object_embedding.copy_(new)
-    vt2 = tiny_model.vocab_tensors(tiny_model.test_vocab)
+    vt2 = tiny_model.vocab_tensors(tiny_model.vocabulary)
     expected = (new / new.norm()).expand(vt2.text_part_obj.shape[1], -1)
     torch.testing.assert_close(vt2.text_part_obj[-1], expected)
     torch.testing.assert_close(vt2.text_specific[-1], expected)
@@ -191,13 +194,16 @@ def test_background_text_follows_checkpoint_embedding(tiny_model):
 
 
 def test_custom_vocabulary_with_new_words(tiny_model):
-    from partcatseg.vocab import PartVocabulary
+    from partcatseg.vocab import Vocabulary
 
-    vocab = PartVocabulary.from_objects({"teapot": ["spout", "lid"], "owl": ["beak", "wing", "lid"]})
-    tiny_model.set_test_vocabulary(vocab)
+    vocab = Vocabulary.from_objects({"teapot": ["spout", "lid"], "owl": ["beak", "wing", "lid"]})
+    tiny_model.set_vocabulary(vocab)
     out = tiny_model([{"image": _image(48, 48, 4), "height": 48, "width": 48, "object_class": 1}])[0]
     assert out["sem_seg"].shape == (5, 48, 48)
-    allowed = torch.tensor(oracle_class_mask(vocab.classes, tiny_model.test_obj_classes[1]))
+    allowed = torch.tensor(oracle_class_mask(vocab.classes, tiny_model.vocabulary.objects[1]))
+    assert tiny_model.vocabulary.objects == ["owl", "teapot"]  # derived objects, sorted
+    with pytest.raises(ValueError, match="needs a part vocabulary"):
+        tiny_model.set_vocabulary(Vocabulary(["sky", "grass"]))
     assert (out["sem_seg"][~allowed] == -1).all() and (out["sem_seg"][allowed] >= 0).all()
 
 

@@ -19,19 +19,10 @@ from torch import nn
 from conftest import REPO, TINY_OPTS
 from weights_rule import rule_state_dict
 
-from partcatseg.predict import (
-    PartPredictor,
-    Prediction,
-    SemanticPredictor,
-    VocabularyError,
-    load_image,
-    load_mask,
-    parse_class_list,
-    resolve_part_vocabulary,
-    resolve_semantic_vocabulary,
-)
 from partcatseg.cli.demo import find_images
-from partcatseg.vocab import get_part_dataset
+from partcatseg.inference import PartPredictor, Prediction, Predictor, SemanticPredictor, load_image, load_mask
+from partcatseg.modeling import SegmentationModel, oracle_scores, record_object_index
+from partcatseg.vocab import Vocabulary, VocabularyError, get_part_dataset, parse_class_list, resolve_vocabulary
 
 skimage_data = pytest.importorskip("skimage.data")
 SK_DATA = Path(skimage_data.__file__).parent
@@ -188,17 +179,23 @@ def test_predictor_errors(predictor):
 
 
 # ------------------------------------------------------------------------------ vocabulary parsing
+def resolve_part_vocabulary(vocabulary=None, **kwargs):
+    return resolve_vocabulary(vocabulary, task="part", **kwargs)
+
+
 def test_resolve_part_vocabulary_forms(tmp_path):
     ds = resolve_part_vocabulary("ade_part_234")
-    assert ds.name == "ade_part_234" and len(ds.classes) == 234
-    assert ds.obj_classes == get_part_dataset("ade_part_234").obj_classes
+    assert ds.name == "ade_part_234" and len(ds.classes) == 234 and ds.has_parts
+    assert tuple(ds.objects) == get_part_dataset("ade_part_234").obj_classes
     custom = resolve_part_vocabulary(objects={"cat": ["head", "ear"]})
-    assert custom.classes == ["cat's head", "cat's ear"] and custom.obj_classes == ("cat",)
+    assert custom.classes == ["cat's head", "cat's ear"] and custom.objects == ["cat"]
     listed = resolve_part_vocabulary(["dog's tail", "cat's head"])
-    assert listed.vocab.object_classes == ["cat", "dog"]
+    assert listed.object_classes == ["cat", "dog"]
     path = tmp_path / "v.json"
     path.write_text('{"robot": ["arm", "antenna"]}')
-    assert resolve_part_vocabulary(str(path)).classes == ["robot's arm", "robot's antenna"]
+    from_file = resolve_part_vocabulary(str(path))
+    assert from_file.classes == ["robot's arm", "robot's antenna"] and from_file.name == "v.json"
+    assert resolve_part_vocabulary(None, default=ds) is ds
 
 
 @pytest.mark.parametrize(
@@ -211,7 +208,9 @@ def test_resolve_part_vocabulary_forms(tmp_path):
         (dict(objects="cat: head,, ear"), "empty part name"),
         (dict(objects="cat: head; cat: ear"), "listed twice"),
         (dict(vocabulary=["cat head"]), "has no \"'s\""),
-        (dict(vocabulary="pascal_part_116", objects="cat: head"), "not both"),
+        (dict(vocabulary="pascal_part_116", objects="cat: head"), "not vocabulary and objects"),
+        (dict(classes="cat, dog"), "for semantic models; part models take objects"),
+        (dict(vocabulary=Vocabulary(["sky", "grass"])), "needs a part vocabulary"),
         (dict(vocabulary="missing.json"), "Vocabulary file not found: missing.json"),
     ],
 )
@@ -222,14 +221,17 @@ def test_bad_part_vocabularies(kwargs, message):
 
 def test_semantic_vocabulary_forms():
     assert parse_class_list("cat, dog|puppy , grass") == ["cat", "dog, puppy", "grass"]
-    names, source = resolve_semantic_vocabulary("ade150")
-    assert len(names) == 150 and source == "ade150"
+    vocab = resolve_vocabulary("ade150", task="semantic")
+    assert len(vocab) == 150 and vocab.name == "ade150" and not vocab.has_parts
+    assert resolve_vocabulary(classes="cat, dog|puppy", task="semantic").classes == ["cat", "dog, puppy"]
     for text, message in [("cat,, dog", "Empty name at position 2"), ("cat, cat", r"\['cat'\] more than once"),
                           ("cat|, dog", "Empty synonym"), ("  ", "Empty classes")]:
         with pytest.raises(VocabularyError, match=message):
             parse_class_list(text)
     with pytest.raises(VocabularyError, match="that is a part vocabulary"):
-        resolve_semantic_vocabulary("pascal_part_116")
+        resolve_vocabulary("pascal_part_116", task="semantic")
+    with pytest.raises(VocabularyError, match="are for part models"):
+        resolve_vocabulary(objects="cat: head", task="semantic")
 
 
 def test_find_images(tmp_path):
@@ -245,26 +247,24 @@ def test_find_images(tmp_path):
 
 
 # ------------------------------------------------------------------------------ exact decoding (fakes)
-class FakePartModel(nn.Module):
-    """The part-model contract with hand-chosen scores: 3 classes (2 cat, 1 dog) + background."""
+class FakePartModel(SegmentationModel):
+    """The part-model protocol with hand-chosen scores: 3 classes (2 cat, 1 dog) + background."""
+
+    task = "part"
 
     def __init__(self, probs: torch.Tensor):
-        super().__init__()
+        vocab = Vocabulary(["cat's head", "cat's ear", "dog's head"], ["cat", "dog"])
+        super().__init__(train_vocabulary=vocab, test_vocabulary=vocab)
         self.probs = probs  # (4, H, W): cat's head, cat's ear, dog's head, background
-        self.test_class_names = ["cat's head", "cat's ear", "dog's head"]
-        self.test_obj_classes = ["cat", "dog"]
         self.register_buffer("dummy", torch.zeros(1))
 
-    def set_test_vocabulary(self, class_names, obj_classes):  # CATSegBaseline's signature
-        self.test_class_names, self.test_obj_classes = list(class_names), list(obj_classes)
+    def prepare_vocabulary(self, vocabulary=None, *, refresh=False):
+        pass
 
     def forward(self, batched):
         outs = []
         for r in batched:
-            parts = self.probs[:3].clone()
-            if r.get("object_class") is not None:
-                keep = torch.tensor([self.test_obj_classes[r["object_class"]] in n for n in self.test_class_names])
-                parts[~keep] = -1.0
+            parts = oracle_scores(self.probs[:3].clone(), self.vocabulary, record_object_index(r))
             outs.append({"sem_seg": parts, "sem_seg_all": self.probs.clone()})
         return outs
 
@@ -292,25 +292,27 @@ def test_part_decoding_rules_with_fake_model():
     np.testing.assert_array_equal(with_bg.labels, [[0, -1], [-1, -1]])
     assert pred.areas() == {"cat's head": 1, "cat's ear": 1, "dog's head": 1}
     assert pred.mean_scores() == pytest.approx({"cat's head": 0.9, "cat's ear": 0.6, "dog's head": 0.8})
-    p.set_vocabulary(objects="cat: head, ear; dog: head")  # baseline-style set_test_vocabulary(list, list)
-    assert p.model.test_class_names == ["cat's head", "cat's ear", "dog's head"]
+    p.set_vocabulary(objects="cat: head, ear; dog: head")
+    assert p.model.vocabulary.classes == ["cat's head", "cat's ear", "dog's head"]
 
 
-class FakeSemanticModel(nn.Module):
-    """CAT-Seg CVPR's contract: ``{"sem_seg": (T, H, W)}`` for ``test_class_names``."""
+class FakeSemanticModel(SegmentationModel):
+    """The semantic protocol: ``{"sem_seg": (T, H, W)}`` for the current vocabulary."""
+
+    task = "semantic"
 
     def __init__(self):
-        super().__init__()
-        self.test_class_names = ["sky", "grass"]
+        vocab = Vocabulary(["sky", "grass"])
+        super().__init__(train_vocabulary=vocab, test_vocabulary=vocab)
         self.register_buffer("dummy", torch.zeros(1))
 
-    def set_test_vocabulary(self, class_names):
-        self.test_class_names = list(class_names)
+    def prepare_vocabulary(self, vocabulary=None, *, refresh=False):
+        pass
 
     def forward(self, batched):
         out = []
         for r in batched:
-            t = len(self.test_class_names)
+            t = len(self.vocabulary)
             scores = torch.arange(t * r["height"] * r["width"], dtype=torch.float32).reshape(t, r["height"], r["width"])
             out.append({"sem_seg": scores.flip(0) if t % 2 else scores})
         return out
@@ -318,15 +320,38 @@ class FakeSemanticModel(nn.Module):
 
 def test_semantic_predictor_with_fake_model():
     p = SemanticPredictor(model=FakeSemanticModel(), classes="cat, dog|puppy, grass")
-    assert p.class_names == ["cat", "dog, puppy", "grass"] and p.model.test_class_names == p.class_names
+    assert p.class_names == ["cat", "dog, puppy", "grass"] and p.model.vocabulary.classes == p.class_names
     pred = p(np.zeros((3, 4, 3), np.uint8))
     np.testing.assert_array_equal(pred.labels, np.zeros((3, 4)))  # flipped: class 0 has the largest scores
     mask = np.eye(3, 4, dtype=bool)
     np.testing.assert_array_equal(p(np.zeros((3, 4, 3), np.uint8), object_mask=mask).labels, np.where(mask, 0, -1))
-    with pytest.raises(TypeError, match="not CAT-Seg"):
+    with pytest.raises(TypeError, match="FakePartModel is a part model; use PartPredictor"):
         SemanticPredictor(model=FakePartModel(torch.zeros(4, 1, 1)))
-    with pytest.raises(TypeError, match="not a part-segmentation model"):
+    with pytest.raises(TypeError, match="FakeSemanticModel is a semantic model; use SemanticPredictor"):
         PartPredictor(model=FakeSemanticModel())
+    with pytest.raises(VocabularyError, match="need a part model"):
+        p(np.zeros((3, 4, 3), np.uint8), object="cat")
+    with pytest.raises(TypeError, match="is not a partcatseg.modeling.SegmentationModel"):
+        Predictor(model=nn.Linear(2, 2))
+    # one Predictor serves both tasks through the protocol
+    assert Predictor(model=FakeSemanticModel()).task == "semantic"
+    assert Predictor(model=FakePartModel(torch.zeros(4, 1, 1))).task == "part"
+
+
+def test_bgr_models_get_bgr_images():
+    seen = []
+
+    class BGRModel(FakeSemanticModel):
+        def forward(self, batched):
+            seen.append(batched[0]["image"][:, 0, 0].tolist())
+            return super().forward(batched)
+
+    model = BGRModel()
+    model.input_format = "BGR"
+    image = np.zeros((2, 2, 3), np.uint8)
+    image[..., 0], image[..., 2] = 10, 200  # R, B
+    Predictor(model=model)(image)
+    assert seen == [[200, 0, 10]]
 
 
 def test_semantic_predictor_with_tiny_catseg():

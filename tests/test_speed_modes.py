@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from conftest import REPO, TINY_OPTS
 
-from partcatseg.config import setup_cfg
+from partcatseg.config import ConfigError, setup_cfg
 from partcatseg.modeling import build_model
 from partcatseg.modeling.aggregator import ONEDNN_LINEAR, class_slices, linear
 from partcatseg.modeling.catseg_aggregator import CATSegAggregator
@@ -152,12 +152,12 @@ def test_class_chunk_from_config(tmp_path):
                     TINY_OPTS + ["MODEL.TEXT_CACHE_DIR", str(tmp_path)])
     agg = build_model(cfg).aggregator
     # automatic: one slice of about AUTO_CHUNK_BYTES of embedding; 6x6x32 floats per tiny class
-    assert agg.class_chunk == auto_class_chunk(agg) == AUTO_CHUNK_BYTES // (6 * 6 * 32 * 4) == 1024
-    assert resolve_class_chunk(7, agg) == 7
-    full_size = PartAggregator(prompt_channel=1)
-    assert auto_class_chunk(full_size) == 16 and auto_class_chunk(full_size, "cuda") == 128
+    assert agg.class_chunk == auto_class_chunk((6, 6), 32) == AUTO_CHUNK_BYTES // (6 * 6 * 32 * 4) == 1024
+    assert resolve_class_chunk(7, (6, 6), 32) == 7
+    # the full-size aggregator: 24x24 positions, 128 channels
+    assert auto_class_chunk((24, 24), 128) == 16 and auto_class_chunk((24, 24), 128, "cuda") == 128
     with pytest.raises(ValueError, match="TEST.CLASS_CHUNK=-2"):
-        resolve_class_chunk(-2, agg)
+        resolve_class_chunk(-2, (6, 6), 32)
     cfg = setup_cfg(str(REPO / "configs/zero_shot/partcatseg_voc.yaml"),
                     TINY_OPTS + ["MODEL.TEXT_CACHE_DIR", str(tmp_path), "TEST.CLASS_CHUNK", "9"])
     assert build_model(cfg).aggregator.class_chunk == 9
@@ -194,27 +194,27 @@ def test_linear_rejects_unknown_activation():
 # --------------------------------------------------------------------------- opt-in modes
 def test_amp_modes_are_validated():
     assert amp_dtype("") is None and amp_dtype("bf16") is torch.bfloat16 and amp_dtype("fp16") is torch.float16
-    with pytest.raises(ValueError, match="TEST.AMP='fp8'"):
+    with pytest.raises(ValueError, match="AMP mode 'fp8'"):
         amp_dtype("fp8")
+    with pytest.raises(ConfigError, match="TEST.AMP='fp8'"):
+        setup_cfg(str(REPO / "configs/zero_shot/partcatseg_voc.yaml"), TINY_OPTS + ["TEST.AMP", "fp8"])
     assert isinstance(autocast_context("cpu", "bf16"), torch.autocast)
 
 
 @pytest.mark.parametrize("mode, tol", [("bf16", BF16_TOL), ("fp16", FP16_TOL)])
-def test_autocast_stays_close_to_fp32_and_keeps_text_fp32(tiny_model, records, mode, tol):
-    ref = _run(tiny_model, records)
-    text_before = tiny_model.vocab_tensors(tiny_model.test_vocab).text_specific.clone()
-    tiny_model.inference_amp = mode
-    try:
-        out = _run(tiny_model, records)
-    finally:
-        tiny_model.inference_amp = ""
+def test_autocast_stays_close_to_fp32_and_keeps_text_fp32(tmp_path, records, mode, tol):
+    ref_model, amp_model = _model_pair(tmp_path, ["TEST.AMP", mode])
+    assert amp_model.inference_amp == mode and amp_model.describe()["inference_amp"] == mode
+    ref = _run(ref_model, records)
+    out = _run(amp_model, records)
+    text_before = ref_model.vocab_tensors(ref_model.vocabulary).text_specific
     for a, b in zip(out, ref):
         assert a["sem_seg"].dtype == torch.float32 and a["sem_seg"].shape == b["sem_seg"].shape
         diff = (a["sem_seg_all"] - b["sem_seg_all"]).abs().max().item()
         assert 0 < diff < tol, diff  # it did run in reduced precision, and stayed close
         # the Oracle-Obj mask is unaffected
         assert torch.equal(a["sem_seg"] == -1, b["sem_seg"] == -1)
-    text = tiny_model.vocab_tensors(tiny_model.test_vocab).text_specific
+    text = amp_model.vocab_tensors(amp_model.vocabulary).text_specific
     assert text.dtype == torch.float32 and torch.equal(text, text_before)
 
 
@@ -257,18 +257,25 @@ def test_speed_mode_accuracy_on_parity_fixture(capsys):
     within the documented tolerances; chunking and channels_last are exact."""
     from conftest import DATA
 
-    from partcatseg.benchmark_accuracy import mode_deltas
-    from partcatseg.fixtures import fixture_record, load_fixture, load_rule_weights
+    from weights_rule import fixture_record, load_fixture, load_rule_weights
+
+    from partcatseg.benchmark.accuracy import mode_deltas
 
     fx = load_fixture(str(DATA / "partcatseg_voc_single_prompt.pt"))
-    cfg = setup_cfg(str(REPO / fx["config"]), list(fx["opts"]) + ["MODEL.DEVICE", "cpu", "MODEL.TEXT_CACHE_DIR", ""])
+    opts = list(fx["opts"]) + ["MODEL.DEVICE", "cpu", "MODEL.TEXT_CACHE_DIR", ""]
+    cfg = setup_cfg(str(REPO / fx["config"]), opts)
     model = load_rule_weights(build_model(cfg), fx).eval()
+
+    def build(extra):
+        other = build_model(setup_cfg(str(REPO / fx["config"]), opts + list(extra)))
+        other.load_state_dict(model.state_dict())
+        return other
     record = fixture_record(fx)
     assert model.aggregator.class_chunk == 16  # the automatic chunk of the full-size aggregator
     ref = _run(model, [record])[0]["sem_seg_all"]
     torch.testing.assert_close(ref, fx["sem_seg_all"].float(), atol=1e-3, rtol=0)  # the parity test's bound
 
-    deltas = mode_deltas(model, [record], ("one_pass", "bf16", "fp16", "channels_last"))
+    deltas = mode_deltas(model, build, [record], ("one_pass", "bf16", "fp16", "channels_last"))
     with capsys.disabled():
         print("\nspeed-mode accuracy vs fp32 (parity fixture, |probability difference|):")
         for name, d in deltas.items():
@@ -283,7 +290,12 @@ def test_speed_mode_accuracy_on_parity_fixture(capsys):
 
 
 def test_compare_outputs_and_mode_validation(tiny_model, records):
-    from partcatseg.benchmark_accuracy import compare_outputs, mode_deltas
+    from partcatseg.benchmark.accuracy import compare_outputs, mode_deltas
+
+    def build(extra):
+        other = build_model(setup_cfg(str(REPO / "configs/zero_shot/partcatseg_voc.yaml"), TINY_OPTS + list(extra)))
+        other.load_state_dict(tiny_model.state_dict())
+        return other
 
     a = torch.tensor([[[0.9, 0.1]], [[0.2, 0.8]]])  # T=2, 1x2 pixels: argmax 0, 1
     b = torch.tensor([[[0.4, 0.1]], [[0.6, 0.7]]])  # argmax 1, 1
@@ -292,8 +304,9 @@ def test_compare_outputs_and_mode_validation(tiny_model, records):
     with pytest.raises(ValueError, match=r"output shapes \[\(2, 1, 1\)\] differ"):
         compare_outputs([a[:, :, :1]], [a])
     with pytest.raises(ValueError, match="unknown accuracy modes \\['int4'\\]"):
-        mode_deltas(tiny_model, records, ["int4"])
-    out = mode_deltas(tiny_model, records, ["one_pass", "channels_last"])
+        mode_deltas(tiny_model, build, records, ["int4"])
+    out = mode_deltas(tiny_model, build, records, ["one_pass", "channels_last"])
     assert out["one_pass"]["max_abs_diff"] <= EXACT_TOL and out["one_pass"]["argmax_agreement"] == 1.0
     weight = tiny_model.aggregator.decoder1.conv.double_conv[0].weight  # 3x3, many channels
-    assert not weight.is_contiguous(memory_format=torch.channels_last)  # the mode ran on a copy
+    assert not weight.is_contiguous(memory_format=torch.channels_last)  # the mode ran on another model
+    assert out["reference"]["class_chunk"] == 1024

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import partcatseg.weights as W
+from partcatseg.cli.download_weights import main as download_main
 from conftest import REPO
 
 
@@ -210,18 +211,18 @@ def test_safetensors_format_check(tmp_path):
 
 # ------------------------------------------------------------------------------ tool
 def test_download_tool(wdir, good_file, tmp_path, monkeypatch, capsys):
-    assert W.main(["--list"]) == 0
+    assert download_main(["--list"]) == 0
     out = capsys.readouterr().out
     assert f"weights directory: {wdir}" in out and "partcatseg_voc" in out and "not released" in out
-    assert W.main(["partcatseg_vocc"]) == 2
+    assert download_main(["partcatseg_vocc"]) == 2
     assert "unknown name(s) ['partcatseg_vocc']" in capsys.readouterr().err
-    assert W.main(["partcatseg_voc", "--offline"]) == 1
+    assert download_main(["partcatseg_voc", "--offline"]) == 1
     assert f"target: {wdir / 'partcatseg_voc.pth'}" in capsys.readouterr().err
-    assert W.main(["partcatseg_voc", "--from-file", str(good_file)]) == 0
+    assert download_main(["partcatseg_voc", "--from-file", str(good_file)]) == 0
     assert (wdir / "partcatseg_voc.pth").read_bytes() == good_file.read_bytes()
-    assert W.main(["--verify"]) == 0 and "partcatseg_voc: ok" in capsys.readouterr().out
+    assert download_main(["--verify"]) == 0 and "partcatseg_voc: ok" in capsys.readouterr().out
     with open(wdir / "partcatseg_voc.pth", "ab") as f:
         f.write(b"tampered")
-    assert W.main(["--verify"]) == 1
+    assert download_main(["--verify"]) == 1
     assert "partcatseg_voc: FAILED" in capsys.readouterr().err
     assert (wdir / "partcatseg_voc.pth.corrupt").is_file() and not (wdir / "partcatseg_voc.pth").exists()

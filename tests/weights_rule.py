@@ -1,4 +1,93 @@
-"""The reference fixtures' weight rule (kept as a test-side name; it lives in partcatseg.fixtures)."""
-from partcatseg.fixtures import rule_state_dict, rule_tensor
+"""The reference fixtures' weight rule and record, shared by the parity tests.
 
-__all__ = ["rule_state_dict", "rule_tensor"]
+The official implementation was run on rule-filled weights (``tests/data/partcatseg_voc_single_prompt.pt``
+was produced that way; README "Numerical parity"): each floating-point state-dict entry is drawn from a
+generator seeded with the CRC-32 of its checkpoint key, so any implementation with the same keys gets the
+same weights without shipping them.
+
+    python tests/weights_rule.py FIXTURE OUT.pth   # the fixture's rule weights as a checkpoint
+                                                   # (e.g. for tools/benchmark.py --phases accuracy --weights)
+"""
+from __future__ import annotations
+
+import zlib
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["rule_tensor", "rule_state_dict", "load_fixture", "fixture_record", "load_rule_weights"]
+
+
+def rule_tensor(key: str, shape: Sequence[int]) -> torch.Tensor:
+    """The value the fill rule gives the checkpoint entry ``key`` of ``shape``."""
+    g = torch.Generator().manual_seed(zlib.crc32(key.encode()))
+    t = torch.randn(tuple(shape), generator=g) * 0.02
+    if key.endswith("logit_scale"):
+        t = torch.full(tuple(shape), 4.6052)
+    elif len(shape) == 1 and key.endswith(".weight"):
+        t = t + 1.0
+    return t
+
+
+def rule_state_dict(model: nn.Module, skip: tuple[str, ...] = ("attn_mask",)) -> dict[str, torch.Tensor]:
+    """Rule-filled copy of ``model.state_dict()`` (keys ending in ``skip`` and integer buffers keep
+    the model's value)."""
+    out = {}
+    for key, value in model.state_dict().items():
+        if key.endswith(skip) or not value.is_floating_point():
+            out[key] = value.clone()
+        else:
+            out[key] = rule_tensor(key, value.shape)
+    return out
+
+
+def load_fixture(path: str) -> dict[str, Any]:
+    """A reference fixture (``torch.load``-able dict with ``config``, ``opts``, ``image``, ...)."""
+    try:
+        fx = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"parity fixture not found: {path}") from None
+    missing = [k for k in ("config", "opts", "image", "height", "width", "gt_object_class") if k not in fx]
+    if missing:
+        raise KeyError(f"{path} is not a parity fixture: missing keys {missing}")
+    return fx
+
+
+def fixture_record(fx: dict[str, Any]) -> dict[str, Any]:
+    """The fixture's test record (Oracle-Obj: it carries the ground-truth object)."""
+    return {"image": fx["image"], "height": fx["height"], "width": fx["width"], "object_class": fx["gt_object_class"]}
+
+
+def load_rule_weights(model: nn.Module, fx: dict[str, Any]) -> nn.Module:
+    """Load the fixture's weights into ``model``: the rule, plus the stored background embedding."""
+    sd = rule_state_dict(model)
+    if "non_object_embedding" in fx:
+        sd["sem_seg_head.predictor.non_object_embedding"] = fx["non_object_embedding"]
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
+def main(argv=None) -> int:
+    """Write the fixture's rule-filled weights (for its config) as a detectron2-format checkpoint."""
+    import argparse
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from partcatseg.config import setup_cfg
+    from partcatseg.modeling import build_model
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("fixture")
+    p.add_argument("output")
+    args = p.parse_args(argv)
+    fx = load_fixture(args.fixture)
+    model = build_model(setup_cfg(fx["config"], list(fx["opts"]) + ["MODEL.DEVICE", "cpu"]))
+    torch.save({"model": load_rule_weights(model, fx).state_dict()}, args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

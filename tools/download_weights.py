@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from partcatseg.weights import main  # noqa: E402
+from partcatseg.cli.download_weights import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

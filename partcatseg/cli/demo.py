@@ -106,15 +106,11 @@ def find_images(inputs: Sequence[str]) -> list[Path]:
     return unique
 
 
-def _is_part_config(cfg) -> bool:
-    from ..config import resolve_catseg_variant
+def _model_task(cfg) -> str:
+    """The configured model's task ("part" or "semantic"), known before the model is built."""
+    from ..modeling import meta_architecture_class
 
-    arch = cfg.MODEL.META_ARCHITECTURE
-    if arch == "PartCATSeg":
-        return True
-    if arch == "CATSeg":
-        return resolve_catseg_variant(cfg) == "partcatseg_baseline"
-    raise DemoError(f"MODEL.META_ARCHITECTURE={arch!r}: the demo supports PartCATSeg and CATSeg")
+    return meta_architecture_class(cfg).task
 
 
 def _config_file(args, opts: list[str]) -> str:
@@ -132,29 +128,24 @@ def _config_file(args, opts: list[str]) -> str:
     raise DemoError("--config-file is required (or MODEL.WEIGHTS naming a released checkpoint, e.g. partcatseg_voc)")
 
 
-def _resolve_vocabulary(args, is_part: bool) -> dict:
-    """Validate the vocabulary options before the model is built (fast, clear errors)."""
-    if is_part:
+def _resolve_vocabulary(args, task: str):
+    """Validate the vocabulary options before the model is built (fast, clear errors); None = the config's."""
+    from ..vocab import resolve_vocabulary
+
+    if task == "part":
         if args.classes is not None:
-            raise DemoError("--classes is for CAT-Seg semantic models; part models take --objects or --vocabulary")
-        if args.vocabulary is None and args.objects is None:
-            return {}
-        from ..predict import resolve_part_vocabulary
-
-        resolved = resolve_part_vocabulary(args.vocabulary, args.objects)
-        if args.object is not None and args.object not in resolved.obj_classes:
-            raise DemoError(f"--object {args.object!r} is not an object of the vocabulary; objects: {list(resolved.obj_classes)}")
-        return {"vocabulary": resolved}
-    if args.objects is not None:
-        raise DemoError("--objects needs a part model (PartCATSeg or the CAT-Seg baseline); CAT-Seg takes --classes")
-    if args.object is not None:
-        raise DemoError("--object needs a part model; CAT-Seg semantic segmentation has no objects")
-    if args.vocabulary is None and args.classes is None:
-        return {}
-    from ..predict import resolve_semantic_vocabulary
-
-    names, source = resolve_semantic_vocabulary(args.vocabulary, args.classes)
-    return {"classes": names} if source == "custom" else {"vocabulary": args.vocabulary}
+            raise DemoError("--classes is for semantic models (CAT-Seg); part models take --objects or --vocabulary")
+    else:
+        if args.objects is not None:
+            raise DemoError("--objects needs a part model (PartCATSeg or the CAT-Seg baseline); CAT-Seg takes --classes")
+        if args.object is not None:
+            raise DemoError("--object needs a part model; CAT-Seg semantic segmentation has no objects")
+    if args.vocabulary is None and args.objects is None and args.classes is None:
+        return None
+    resolved = resolve_vocabulary(args.vocabulary, objects=args.objects, classes=args.classes, task=task)
+    if args.object is not None and args.object not in resolved.objects:
+        raise DemoError(f"--object {args.object!r} is not an object of the vocabulary; objects: {list(resolved.objects)}")
+    return resolved
 
 
 def _label_png(labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, int]:
@@ -223,25 +214,23 @@ def run(argv: Optional[Sequence[str]] = None) -> list[dict]:
         raise DemoError(f"--max-side must be >= 0, got {args.max_side}")
     config_file = _config_file(args, opts)
     cfg = setup_cfg(config_file, opts)
-    is_part = _is_part_config(cfg)
-    vocab_kwargs = _resolve_vocabulary(args, is_part)
+    model_task = _model_task(cfg)
+    vocabulary = _resolve_vocabulary(args, model_task)
     images = find_images(args.input)
 
     from tqdm import tqdm
 
-    from ..predict import PartPredictor, SemanticPredictor, build_model_with_weights, load_image
+    from ..inference import Predictor, build_model_with_weights, load_image
 
     model = build_model_with_weights(cfg)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if is_part:
-        predictor = PartPredictor(cfg, model=model, **vocab_kwargs)
+    predictor = Predictor(cfg, model=model, vocabulary=vocabulary)
+    task: dict = {}
+    if model_task == "part":
         if args.object is not None:
             predictor.object_index(args.object)  # validates against the final vocabulary
         task = {"object": args.object, "background": False if args.no_background else None}
-    else:
-        predictor = SemanticPredictor(cfg, model=model, **vocab_kwargs)
-        task = {}
     if args.object_mask:
         task["object_mask"] = args.object_mask
     extra = {"config": str(config_file), "weights": str(cfg.MODEL.WEIGHTS)}
@@ -265,19 +254,13 @@ def run(argv: Optional[Sequence[str]] = None) -> list[dict]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point: 0 on success, 2 on a usage/input error (message on stderr)."""
     from ..config import ConfigError
+    from ..vocab import VocabularyError
     from ..weights import WeightsError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         summaries = run(argv)
-    except (DemoError, ConfigError, WeightsError, FileNotFoundError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:
-        from ..predict import VocabularyError  # imported late: it brings in torch
-
-        if not isinstance(err, VocabularyError):
-            raise
+    except (DemoError, ConfigError, WeightsError, FileNotFoundError, VocabularyError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     print(f"{PROG}: wrote {3 * len(summaries)} files for {len(summaries)} image(s)")

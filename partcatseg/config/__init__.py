@@ -12,6 +12,7 @@ from .node import CfgNode
 from .resolve import (
     resolve_catseg_variant,
     resolve_device,
+    resolve_meta_architecture,
     resolve_text_cache_dir,
     validate_framework_keys,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "read_config_chain",
     "resolve_catseg_variant",
     "resolve_device",
+    "resolve_meta_architecture",
     "resolve_text_cache_dir",
     "setup_cfg",
     "validate_framework_keys",

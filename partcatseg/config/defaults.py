@@ -428,13 +428,17 @@ def add_official_yaml_extras(cfg: CfgNode) -> None:
 # --------------------------------------------------------------------------- 5. this framework
 DEVICE_CHOICES_HELP = "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
 CATSEG_VARIANTS = ("auto", "cvpr2024", "partcatseg_baseline")
-AMP_DTYPES = ("bf16", "fp16")
+# Mixed-precision modes by name ("" = fp32); partcatseg.modeling.speed maps them to torch dtypes.
+AMP_MODES = ("", "bf16", "fp16")
 
 
 def add_framework_config(cfg: CfgNode) -> None:
     """Keys of this re-implementation (not in any official code); see partcatseg.config.resolve."""
     # "auto" = cuda when available, else cpu (detectron2 defaulted to "cuda").
     cfg.MODEL.DEVICE = "auto"
+    # Python modules (dotted names or paths to .py files) imported before the model is built: they
+    # register your own meta-architectures, datasets and vocabularies (docs/ARCHITECTURE.md).
+    cfg.MODEL.PLUGINS = []
     # CATSeg meta-arch flavour: "cvpr2024" (CLIP-only CAT-Seg), "partcatseg_baseline" (part-catseg's
     # CATSeg with DINOv2 guidance); "auto" picks partcatseg_baseline iff BACKBONE.NAME is DINOv2Backbone.
     cfg.MODEL.CATSEG_VARIANT = "auto"

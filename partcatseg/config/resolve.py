@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .defaults import AMP_DTYPES, CATSEG_VARIANTS, DEVICE_CHOICES_HELP
+from .defaults import AMP_MODES, CATSEG_VARIANTS, DEVICE_CHOICES_HELP
 from .errors import ConfigError
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -38,6 +38,18 @@ def resolve_catseg_variant(cfg: Any) -> str:
     return "partcatseg_baseline" if baseline else "cvpr2024"
 
 
+def resolve_meta_architecture(cfg: Any) -> str:
+    """The registered class ``MODEL.META_ARCHITECTURE`` names.
+
+    The official configs call both CAT-Seg generations "CATSeg"; part-catseg's baseline (see
+    :func:`resolve_catseg_variant`) is registered as "CATSegBaseline".
+    """
+    name = cfg.MODEL.META_ARCHITECTURE
+    if name == "CATSeg" and resolve_catseg_variant(cfg) == "partcatseg_baseline":
+        return "CATSegBaseline"
+    return name
+
+
 def resolve_text_cache_dir(cfg: Any) -> Path:
     """``MODEL.TEXT_CACHE_DIR`` with "" meaning ``~/.cache/partcatseg/text_features``."""
     return Path(os.path.expanduser(cfg.MODEL.TEXT_CACHE_DIR or DEFAULT_TEXT_CACHE_DIR))
@@ -50,8 +62,10 @@ def validate_framework_keys(cfg: Any) -> None:
         problems.append(f"MODEL.DEVICE={cfg.MODEL.DEVICE!r}: expected {DEVICE_CHOICES_HELP}")
     if cfg.MODEL.CATSEG_VARIANT not in CATSEG_VARIANTS:
         problems.append(f"MODEL.CATSEG_VARIANT={cfg.MODEL.CATSEG_VARIANT!r}: expected one of {list(CATSEG_VARIANTS)}")
-    if cfg.SOLVER.AMP.DTYPE not in AMP_DTYPES:
-        problems.append(f"SOLVER.AMP.DTYPE={cfg.SOLVER.AMP.DTYPE!r}: expected one of {list(AMP_DTYPES)}")
+    if cfg.SOLVER.AMP.DTYPE not in AMP_MODES[1:]:
+        problems.append(f"SOLVER.AMP.DTYPE={cfg.SOLVER.AMP.DTYPE!r}: expected one of {list(AMP_MODES[1:])}")
+    if cfg.TEST.AMP not in AMP_MODES:
+        problems.append(f"TEST.AMP={cfg.TEST.AMP!r}: expected one of {list(AMP_MODES)} ('' = fp32)")
     if cfg.TEST.CLASS_CHUNK < 0:
         problems.append(f"TEST.CLASS_CHUNK={cfg.TEST.CLASS_CHUNK!r}: expected 0 (off) or a positive int")
     if cfg.MODEL.DINO_INPUT_SIZE <= 0:

@@ -6,6 +6,7 @@ tensors, one mapper per ``INPUT.DATASET_MAPPER_NAME``) and ``partcatseg.data.bui
 resumable train loader; sharded test loader).
 """
 from . import catalog
+from .datasets import registry as _loader_registry  # noqa: F401  (registers the built-in loaders)
 from .build import (
     SkippedRecord,
     TestLoader,

@@ -22,8 +22,8 @@ Training (detectron2 ``TrainingSampler`` + ``MapDataset`` + trivial collation):
 
 Testing (detectron2 ``InferenceSampler``): rank ``r`` maps the contiguous shard
 ``[r * s, min((r + 1) * s, n))`` with ``s = ceil(n / W)`` (detectron2 0.6). Records mapped to ``None``
-are skipped and reported (official: replaced by a random record, which evaluates some records twice —
-spec §10.10); records raising ``BadRecordError`` either abort (default) or are skipped and reported.
+are skipped and reported (official: replaced by a random record, which evaluates some records
+twice); records raising ``BadRecordError`` either abort (default) or are skipped and reported.
 Batches are lists of dicts (detectron2 ``trivial_batch_collator``).
 """
 from __future__ import annotations

@@ -15,45 +15,53 @@ offers the same two global objects with the same semantics:
 
 The metadata of the official part datasets (PartCATSeg / OV-PARTS names), of CAT-Seg's semantic
 benchmarks and of the synthetic toy part dataset (``toy_obj_part_sem_seg_*``, root ``ToyPart``) is
-registered when this module is imported (``register_all_metadata``, idempotent). Paths are resolved under
-``$DETECTRON2_DATASETS`` (default ``datasets``) at that moment. The dataset loaders of the same names are
-then registered in ``DatasetCatalog`` by ``partcatseg.data.datasets.registry`` (imported at the end of this
-module); they read ``image_root`` / ``sem_seg_root`` from the metadata when called, so
-``partcatseg.data.datasets.set_dataset_root(root)`` re-roots metadata and loaders together.
+registered when this module is imported (``register_all_metadata``, idempotent), from the split table
+and class lists of :mod:`partcatseg.vocab`. Paths are resolved under ``$DETECTRON2_DATASETS`` (default
+``datasets``) at that moment. The dataset loaders of the same names are registered in ``DatasetCatalog``
+by ``partcatseg.data.datasets.registry``, which importing ``partcatseg.data`` (any of its modules)
+imports; they read ``image_root`` / ``sem_seg_root`` from the metadata when called, so
+``partcatseg.data.datasets.set_dataset_root(root)`` re-roots metadata and loaders together. Datasets you
+register here by metadata (``stuff_classes``, ``obj_classes``) give models their vocabulary through
+:func:`partcatseg.vocab.dataset_vocabulary`.
 
 Differences from the official registrations (documented, no effect on the model or the metrics):
 ``obj_eval_classes`` / ``obj_eval_base_classes`` / ``obj_evaluation_set`` are provided for every part
 dataset (officially Pascal/ADE only); ``partimagenet*_train_obj_condition`` gets the base lists like
-every training split (the official ``if name == 'train'`` never matches there, §10.19); ``sem_seg_root``
+every training split (the official ``if name == 'train'`` test never matches there); ``sem_seg_root``
 points at the annotation folder (officially misspelt ``seg_seg_root`` or equal to the image folder);
 ``gt_ext`` is added for semantic sets; colour lists are not provided.
 
 Public API: ``DatasetCatalog``, ``MetadataCatalog``, ``Metadata``, ``register_all_metadata(root=None)``,
-``part_vocabulary_for(dataset_name)``, ``dataset_vocabulary_key(dataset_name)``, ``PART_DATASET_NAMES``,
+``dataset_vocabulary_key(dataset_name)`` (from :mod:`partcatseg.vocab`), ``PART_DATASET_NAMES``,
 ``SEMANTIC_DATASET_NAMES``, ``TOY_DATASET_NAMES``.
 """
 from __future__ import annotations
 
 import os
 from collections import UserDict
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from partcatseg.vocab.datasets import (
+from partcatseg.vocab import (
+    PART_DATASET_NAMES,
+    SEMANTIC_DATASET_NAMES,
+    TOY_DATASET_NAMES,
     PartDatasetClasses,
+    Vocabulary,
     coco_stuff_dataset_ids,
+    dataset_vocabulary_key,
     get_part_dataset,
     get_semantic_classes,
+    register_vocabulary_provider,
 )
-from partcatseg.vocab.parts import PartVocabulary
+from partcatseg.vocab.registry import PART_SPLITS, SEMANTIC_SPLITS, TOY_SPLITS
 
 __all__ = [
     "DatasetCatalog",
     "MetadataCatalog",
     "Metadata",
     "register_all_metadata",
-    "part_vocabulary_for",
     "dataset_vocabulary_key",
     "PART_DATASET_NAMES",
     "SEMANTIC_DATASET_NAMES",
@@ -199,67 +207,28 @@ _PART_LAYOUT: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
     }),
 }
 
-# (name, vocabulary key, split, kind, with_eval), mirroring the official registration files.
-# kind: "base" = training split (base lists + id maps), "full" = test lists, "few_shot" = full lists
-# with every class counted as base. with_eval adds evaluation_set / obj_evaluation_set / trainable_flag.
-_PART_SPLITS: tuple[tuple[str, str, str, str, bool], ...] = (
-    ("voc_obj_part_sem_seg_train", "pascal_part_116", "train", "base", True),
-    ("voc_obj_part_sem_seg_train_obj_condition", "pascal_part_116", "train", "base", True),
-    ("voc_obj_part_sem_seg_train_few_shot", "pascal_part_116", "train", "few_shot", True),
-    ("voc_obj_part_sem_seg_val", "pascal_part_116", "val", "full", True),
-    ("voc_obj_part_sem_seg_val_obj_condition", "pascal_part_116", "val", "full", True),
-    ("ade_obj_part_sem_seg_train", "ade_part_234", "train", "base", False),
-    ("ade_obj_part_sem_seg_train_obj_condition", "ade_part_234", "train", "base", True),
-    ("ade_obj_part_sem_seg_train_few_shot", "ade_part_234", "train", "few_shot", True),
-    ("ade_obj_part_sem_seg_val_obj_condition", "ade_part_234", "val", "full", True),
-    ("ade_obj_part_sem_seg_val_few_shot", "ade_part_234", "val", "few_shot", True),
-    ("partimagenet_obj_part_sem_seg_train", "partimagenet", "train", "base", False),
-    ("partimagenet_obj_part_sem_seg_train_obj_condition", "partimagenet", "train", "base", True),
-    ("partimagenet_obj_part_sem_seg_val", "partimagenet", "val", "full", False),
-    ("partimagenet_obj_part_sem_seg_val_obj_condition", "partimagenet", "val", "full", True),
-    ("partimagenet_ood_obj_part_sem_seg_train", "partimagenet_ood", "train", "base", False),
-    ("partimagenet_ood_obj_part_sem_seg_train_obj_condition", "partimagenet_ood", "train", "base", True),
-    ("partimagenet_ood_obj_part_sem_seg_val", "partimagenet_ood", "val", "full", False),
-    ("partimagenet_ood_obj_part_sem_seg_val_obj_condition", "partimagenet_ood", "val", "full", True),
-)
-
-# The synthetic toy part dataset, registered like Pascal-Part-116.
-_TOY_SPLITS: tuple[tuple[str, str, str, str, bool], ...] = (
-    ("toy_obj_part_sem_seg_train", "toy_part", "train", "base", True),
-    ("toy_obj_part_sem_seg_train_obj_condition", "toy_part", "train", "base", True),
-    ("toy_obj_part_sem_seg_val", "toy_part", "val", "full", True),
-    ("toy_obj_part_sem_seg_val_obj_condition", "toy_part", "val", "full", True),
-)
-
-# (name, vocabulary key, image dir, annotation dir, gt_ext, ignore_label, evaluator_type), CAT-Seg names.
+# CAT-Seg semantic sets: name -> (image dir, annotation dir, gt_ext, ignore_label, evaluator_type).
 _COCO, _ADE, _ADE_FULL = "coco-stuff", "ADEChallengeData2016", "ADE20K_2021_17_01"
 _VOC12, _VOC10 = "VOCdevkit/VOC2012", "VOCdevkit/VOC2010"
-_SEMANTIC_SPLITS: tuple[tuple[str, str, str, str, str, int, str], ...] = (
-    ("coco_2017_train_stuff_all_sem_seg", "coco_stuff_171", f"{_COCO}/images/train2017",
-     f"{_COCO}/annotations_detectron2/train2017", "png", 255, "sem_seg"),
-    ("coco_2017_test_stuff_all_sem_seg", "coco_stuff_171", f"{_COCO}/images/val2017",
-     f"{_COCO}/annotations_detectron2/val2017", "png", 255, "sem_seg"),
-    ("ade20k_150_test_sem_seg", "ade150", f"{_ADE}/images/validation",
-     f"{_ADE}/annotations_detectron2/validation", "png", 255, "sem_seg"),
-    ("ade20k_full_sem_seg_freq_val_all", "ade847", f"{_ADE_FULL}/images_detectron2/validation",
-     f"{_ADE_FULL}/annotations_detectron2/validation", "tif", 65535, "sem_seg"),
-    ("voc_2012_test_sem_seg", "voc20", f"{_VOC12}/JPEGImages",
-     f"{_VOC12}/annotations_detectron2/val", "png", 255, "sem_seg"),
-    ("voc_2012_test_background_sem_seg", "voc20", f"{_VOC12}/JPEGImages",
-     f"{_VOC12}/annotations_detectron2_bg/val", "png", 255, "sem_seg_background"),
-    ("context_59_test_sem_seg", "pc59", f"{_VOC10}/JPEGImages",
-     f"{_VOC10}/annotations_detectron2/pc59_val", "png", 255, "sem_seg"),
-    ("context_459_test_sem_seg", "pc459", f"{_VOC10}/JPEGImages",
-     f"{_VOC10}/annotations_detectron2/pc459_val", "tif", 459, "sem_seg"),
-)
-
-PART_DATASET_NAMES: tuple[str, ...] = tuple(s[0] for s in _PART_SPLITS)
-SEMANTIC_DATASET_NAMES: tuple[str, ...] = tuple(s[0] for s in _SEMANTIC_SPLITS)
-TOY_DATASET_NAMES: tuple[str, ...] = tuple(s[0] for s in _TOY_SPLITS)
-_VOCABULARY_KEY: dict[str, str] = {
-    **{s[0]: s[1] for s in _PART_SPLITS + _TOY_SPLITS},
-    **{s[0]: s[1] for s in _SEMANTIC_SPLITS},
+_SEMANTIC_LAYOUT: dict[str, tuple[str, str, str, int, str]] = {
+    "coco_2017_train_stuff_all_sem_seg": (f"{_COCO}/images/train2017", f"{_COCO}/annotations_detectron2/train2017",
+                                          "png", 255, "sem_seg"),
+    "coco_2017_test_stuff_all_sem_seg": (f"{_COCO}/images/val2017", f"{_COCO}/annotations_detectron2/val2017",
+                                         "png", 255, "sem_seg"),
+    "ade20k_150_test_sem_seg": (f"{_ADE}/images/validation", f"{_ADE}/annotations_detectron2/validation",
+                                "png", 255, "sem_seg"),
+    "ade20k_full_sem_seg_freq_val_all": (f"{_ADE_FULL}/images_detectron2/validation",
+                                         f"{_ADE_FULL}/annotations_detectron2/validation", "tif", 65535, "sem_seg"),
+    "voc_2012_test_sem_seg": (f"{_VOC12}/JPEGImages", f"{_VOC12}/annotations_detectron2/val", "png", 255, "sem_seg"),
+    "voc_2012_test_background_sem_seg": (f"{_VOC12}/JPEGImages", f"{_VOC12}/annotations_detectron2_bg/val",
+                                         "png", 255, "sem_seg_background"),
+    "context_59_test_sem_seg": (f"{_VOC10}/JPEGImages", f"{_VOC10}/annotations_detectron2/pc59_val",
+                                "png", 255, "sem_seg"),
+    "context_459_test_sem_seg": (f"{_VOC10}/JPEGImages", f"{_VOC10}/annotations_detectron2/pc459_val",
+                                 "tif", 459, "sem_seg"),
 }
+if set(_SEMANTIC_LAYOUT) != set(SEMANTIC_DATASET_NAMES):  # pragma: no cover - guards the two tables
+    raise RuntimeError("partcatseg.data.catalog: semantic layouts and vocabulary splits disagree")
 
 
 def _part_metadata(ds: PartDatasetClasses, kind: str, with_eval: bool) -> dict[str, Any]:
@@ -298,27 +267,28 @@ def _part_metadata(ds: PartDatasetClasses, kind: str, with_eval: bool) -> dict[s
 def register_all_metadata(root: str | None = None) -> None:
     """Register the metadata of every official dataset name (idempotent for an unchanged ``root``)."""
     root = root if root is not None else os.getenv("DETECTRON2_DATASETS", "datasets")
-    for name, key, split, kind, with_eval in _PART_SPLITS + _TOY_SPLITS:
-        folder, splits = _PART_LAYOUT[key]
-        image_dir, gt_dir = splits[split]
-        meta = _part_metadata(get_part_dataset(key), kind, with_eval)
-        MetadataCatalog.get(name).set(
+    for split in PART_SPLITS + TOY_SPLITS:
+        folder, splits = _PART_LAYOUT[split.key]
+        image_dir, gt_dir = splits[split.split]
+        meta = _part_metadata(get_part_dataset(split.key), split.kind, split.with_eval)
+        MetadataCatalog.get(split.name).set(
             image_root=os.path.join(root, folder, image_dir),
             sem_seg_root=os.path.join(root, folder, gt_dir),
             **meta,
         )
-    for name, key, image_dir, gt_dir, gt_ext, ignore_label, evaluator_type in _SEMANTIC_SPLITS:
-        classes = get_semantic_classes(key)
+    for split in SEMANTIC_SPLITS:
+        image_dir, gt_dir, gt_ext, ignore_label, evaluator_type = _SEMANTIC_LAYOUT[split.name]
+        classes = get_semantic_classes(split.key)
         extra: dict[str, Any] = {}
         if evaluator_type == "sem_seg_background":
             # PAS-20b: 20 VOC classes + "background" are scored; the model is queried with the
             # 59-name voc20b vocabulary and every prediction >= 20 counts as background.
             classes = classes + ["background"]
-            extra["vocabulary"] = get_semantic_classes("voc20b")
-        if key == "coco_stuff_171":
+            extra["vocabulary"] = get_semantic_classes(split.query_key)
+        if split.key == "coco_stuff_171":
             ids = coco_stuff_dataset_ids()
             extra["stuff_dataset_id_to_contiguous_id"] = {k: i for i, k in enumerate(ids)}
-        MetadataCatalog.get(name).set(
+        MetadataCatalog.get(split.name).set(
             image_root=os.path.join(root, image_dir),
             sem_seg_root=os.path.join(root, gt_dir),
             gt_ext=gt_ext,
@@ -329,32 +299,16 @@ def register_all_metadata(root: str | None = None) -> None:
         )
 
 
-def dataset_vocabulary_key(dataset_name: str) -> str:
-    """Vocabulary key (``partcatseg.vocab``) of a built-in dataset name, e.g. ``"pascal_part_116"``."""
-    try:
-        return _VOCABULARY_KEY[dataset_name]
-    except KeyError:
-        raise KeyError(
-            f"'{dataset_name}' is not a built-in dataset; known: {', '.join(sorted(_VOCABULARY_KEY))}"
-        ) from None
-
-
-def part_vocabulary_for(dataset_name: str) -> PartVocabulary:
-    """The ``PartVocabulary`` of a registered part dataset (built from its ``stuff_classes``)."""
+def _metadata_vocabulary(dataset_name: str) -> Optional[Vocabulary]:
+    """Vocabulary of a dataset registered by metadata only (the provider the vocab registry consults)."""
     if dataset_name not in MetadataCatalog:
-        raise KeyError(
-            f"No metadata for dataset '{dataset_name}'. Part datasets: {', '.join(PART_DATASET_NAMES)}"
-        )
-    classes = MetadataCatalog.get(dataset_name).get("stuff_classes")
-    if not classes or not all("'s" in c for c in classes):
-        raise ValueError(
-            f"Dataset '{dataset_name}' is not a part dataset (its stuff_classes are not \"<object>'s <part>\" "
-            f"names). Part datasets: {', '.join(PART_DATASET_NAMES)}"
-        )
-    return PartVocabulary(classes)
+        return None
+    meta = MetadataCatalog.get(dataset_name)
+    classes = meta.get("vocabulary") or meta.get("stuff_classes")
+    if not classes:
+        return None
+    return Vocabulary(classes, meta.get("obj_classes"), name=dataset_name)
 
 
 register_all_metadata()
-
-# Loaders of the same names (DatasetCatalog). Imported last: the registry module imports this one.
-import partcatseg.data.datasets.registry  # noqa: E402,F401  (registers on import)
+register_vocabulary_provider(_metadata_vocabulary)

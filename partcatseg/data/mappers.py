@@ -3,7 +3,7 @@
 * ``ObjPartSemanticMapper`` — official ``SemanticObjPartDatasetMapper`` (Pascal-Part-116, ADE20K-Part-234),
   ``INPUT.DATASET_MAPPER_NAME = "obj_part_semantic"``.
 * ``PartImageNetMapper`` / ``PartImageNetOODMapper`` — official ``PartImagenet(OOD)DatasetMapper``
-  (``"partimagenet"`` / ``"partimagenet_ood"``), including their quirks (spec §0.13, §7.7).
+  (``"partimagenet"`` / ``"partimagenet_ood"``), including their quirks .
 * ``SemanticMapper`` — CAT-Seg ``MaskFormerSemanticDatasetMapper`` for training
   (``"mask_former_semantic"``) and detectron2's default ``DatasetMapper`` for testing (image only).
 
@@ -23,7 +23,7 @@ Part-mapper output (the record's own fields are kept):
 * ``ori_size``: (H, W) before the training padding (only when padding is on).
 
 At test time labels stay at the mapper's resized resolution (the evaluator resizes them to the
-prediction size: the official two-step GT resize, spec §0.12).
+prediction size: the official two-step GT resize).
 
 Differences from the official mappers (no effect on what the model or the evaluator see): the
 ``instances`` / ``obj_part_instances`` structures and the ``ori_*`` arrays are not produced (the model
@@ -41,7 +41,8 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from fvcore.common.registry import Registry
+from PIL import Image, ImageOps
 
 from .catalog import MetadataCatalog
 from .transforms import (
@@ -67,11 +68,15 @@ __all__ = [
     "PartImageNetOODMapper",
     "SemanticMapper",
     "MAPPER_REGISTRY",
+    "mapper_class",
     "build_mapper",
     "build_augmentations",
 ]
 
 logger = logging.getLogger(__name__)
+
+MAPPER_REGISTRY = Registry("DATASET_MAPPER")
+MAPPER_REGISTRY.__doc__ = "Dataset mappers by class name; each has a config_name (INPUT.DATASET_MAPPER_NAME)."
 
 
 class BadRecordError(ValueError):
@@ -87,26 +92,12 @@ class BadRecordError(ValueError):
 # ----------------------------------------------------------------------------------------------
 # file reading (detectron2 ``detection_utils.read_image`` semantics)
 # ----------------------------------------------------------------------------------------------
-_EXIF_ORIENTATION_TAG = 274
-_EXIF_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-
-
 def _exif_rotate(image: Image.Image) -> Image.Image:
     """Apply the EXIF orientation tag, as detectron2 does (camera JPEGs are often stored rotated)."""
     try:
-        orientation = image.getexif().get(_EXIF_ORIENTATION_TAG)
+        return ImageOps.exif_transpose(image)
     except Exception:  # malformed EXIF: keep the pixels as stored (detectron2 does the same)
         return image
-    method = _EXIF_TRANSPOSE.get(orientation)
-    return image.transpose(method) if method is not None else image
 
 
 def read_image(file_name: str, format: Optional[str] = None) -> np.ndarray:
@@ -304,7 +295,13 @@ def _full_part_lists(meta: Any) -> Optional[tuple[list[str], list[str]]]:
 # mappers
 # ----------------------------------------------------------------------------------------------
 class _MapperBase:
-    """Shared plumbing: augmentation list, default RNG, image reading."""
+    """Shared plumbing: augmentation list, default RNG, image reading.
+
+    A mapper class is registered in :data:`MAPPER_REGISTRY`, names its ``INPUT.DATASET_MAPPER_NAME``
+    in ``config_name`` and maps config keys to its constructor in ``from_config(cfg, is_train, dataset_name)``.
+    """
+
+    config_name: str = ""
 
     def __init__(
         self,
@@ -340,8 +337,9 @@ class _MapperBase:
         )
 
 
+@MAPPER_REGISTRY.register()
 class ObjPartSemanticMapper(_MapperBase):
-    """Object + part semantic maps for Pascal-Part-116 / ADE20K-Part-234 (spec §7.7 steps 1-8).
+    """Object + part semantic maps for Pascal-Part-116 / ADE20K-Part-234.
 
     Args:
         is_train: selects nothing by itself (the augmentation list and ``size_divisibility`` do); kept
@@ -355,6 +353,8 @@ class ObjPartSemanticMapper(_MapperBase):
             raw ids; ``None`` skips the upper-bound check).
         seed: seed of the mapper's own RNG, used only when ``__call__`` gets no ``rng``.
     """
+
+    config_name = "obj_part_semantic"  # INPUT.DATASET_MAPPER_NAME
 
     def __init__(
         self,
@@ -456,8 +456,9 @@ class ObjPartSemanticMapper(_MapperBase):
         )
 
 
+@MAPPER_REGISTRY.register()
 class PartImageNetMapper(ObjPartSemanticMapper):
-    """PartImageNet: labels built from part polygons; the official quirks kept (spec §0.13, §7.3).
+    """PartImageNet: labels built from part polygons; the official quirks kept.
 
     * Part class of an annotation = ``"<object>'s <part>"`` where ``<part>`` is its part category name
       without the first (super-category) word, lower-cased ("Car Side Mirror" -> "side mirror", "Car
@@ -471,6 +472,8 @@ class PartImageNetMapper(ObjPartSemanticMapper):
       at test time everything stays at the original resolution.
     * ``obj_map`` / ``obj_part_map`` remap full -> base ids (training splits).
     """
+
+    config_name = "partimagenet"  # INPUT.DATASET_MAPPER_NAME
 
     VOCABULARY = "partimagenet"
 
@@ -586,12 +589,16 @@ class PartImageNetMapper(ObjPartSemanticMapper):
         )
 
 
+@MAPPER_REGISTRY.register()
 class PartImageNetOODMapper(PartImageNetMapper):
     """PartImageNet-OOD: identical behaviour, the 482-class / 128-object lists."""
+
+    config_name = "partimagenet_ood"  # INPUT.DATASET_MAPPER_NAME
 
     VOCABULARY = "partimagenet_ood"
 
 
+@MAPPER_REGISTRY.register()
 class SemanticMapper(_MapperBase):
     """CAT-Seg semantic segmentation mapper.
 
@@ -600,6 +607,8 @@ class SemanticMapper(_MapperBase):
     ``sem_seg`` (int64). Testing (detectron2 ``DatasetMapper``): the image only, resized; the record
     keeps ``sem_seg_file_name`` so the evaluator reads the GT at original resolution.
     """
+
+    config_name = "mask_former_semantic"  # INPUT.DATASET_MAPPER_NAME
 
     def __init__(
         self,
@@ -653,12 +662,13 @@ class SemanticMapper(_MapperBase):
         return _to_outputs(record, aug.image, {"sem_seg": aug.sem_seg}, self.size_divisibility, self.ignore_label)
 
 
-MAPPER_REGISTRY: dict[str, type] = {
-    "obj_part_semantic": ObjPartSemanticMapper,
-    "partimagenet": PartImageNetMapper,
-    "partimagenet_ood": PartImageNetOODMapper,
-    "mask_former_semantic": SemanticMapper,
-}
+def mapper_class(name: str) -> type:
+    """The registered mapper whose ``config_name`` (``INPUT.DATASET_MAPPER_NAME``) or class name is ``name``."""
+    for cls_name, cls in MAPPER_REGISTRY:
+        if name in (cls.config_name, cls_name):
+            return cls
+    known = sorted(cls.config_name or n for n, cls in MAPPER_REGISTRY)
+    raise KeyError(f"INPUT.DATASET_MAPPER_NAME={name!r} is unknown; expected one of {known}")
 
 
 def build_mapper(cfg: Any, is_train: bool, dataset_name: Optional[str] = None, seed: Optional[int] = None):
@@ -666,8 +676,5 @@ def build_mapper(cfg: Any, is_train: bool, dataset_name: Optional[str] = None, s
 
     ``dataset_name`` defaults to ``DATASETS.TRAIN[0]`` / ``DATASETS.TEST[0]``.
     """
-    name = cfg.INPUT.DATASET_MAPPER_NAME
-    if name not in MAPPER_REGISTRY:
-        raise KeyError(f"INPUT.DATASET_MAPPER_NAME={name!r} is unknown; expected one of {sorted(MAPPER_REGISTRY)}")
-    cls = MAPPER_REGISTRY[name]
+    cls = mapper_class(cfg.INPUT.DATASET_MAPPER_NAME)
     return cls(**cls.from_config(cfg, is_train, dataset_name), seed=seed)

@@ -54,7 +54,6 @@ __all__ = [
     "AugRandom",
     "Augmentation",
     "AugInput",
-    "AugInput2",
     "apply_augmentations",
     "ResizeShortestEdge",
     "ResizeTransform",
@@ -154,9 +153,6 @@ class AugInput:
         self, augmentations: Sequence[Union["Augmentation", Transform]], rng: AugRandom
     ) -> TransformList:
         return apply_augmentations(augmentations, self, rng)
-
-
-AugInput2 = AugInput  # the official name
 
 
 class Augmentation(abc.ABC):

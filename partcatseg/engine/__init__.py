@@ -3,7 +3,8 @@
 * :mod:`comm` — rank/world-size helpers and collectives (single-process safe);
 * :mod:`launch` — one process per GPU (or gloo CPU processes), or join a torchrun job;
 * :mod:`optim`, :mod:`lr_scheduler` — the official optimizer rules, gradient clipping, lr schedules;
-* :mod:`trainer`, :mod:`hooks`, :mod:`events` — the loop, its hooks, metrics and writers;
+* :mod:`train_loop` (``TrainerBase``, ``SimpleTrainer``, ``AMPTrainer``), :mod:`hooks`, :mod:`events` —
+  the loop, its hooks, metrics and writers;
 * :mod:`defaults` — command-line parser and per-process setup; :mod:`inference` — evaluation loop.
 """
 from . import comm
@@ -17,7 +18,7 @@ from .events import (
     TensorboardWriter,
     get_event_storage,
 )
-from .hooks import EvalHook, HookBase, LRScheduler, PeriodicCheckpointer, PeriodicWriter, flatten_results
+from .hooks import EvalHook, HookBase, LRScheduler, PeriodicCheckpointer, PeriodicWriter
 from .inference import inference_context, inference_on_dataset
 from .launch import launch
 from .logger import setup_logger
@@ -25,9 +26,10 @@ from .lr_scheduler import LRMultiplier, PolyParamScheduler, WarmupParamScheduler
 from .optim import GradientClipper, build_gradient_clipper, build_optimizer, get_param_groups, uses_clip_multiplier
 from .rng import capture_rng_state, restore_rng_state, seed_all_rng, set_deterministic
 from .signals import StopSignals, ignore_stop_signals
-from .trainer import Trainer, default_hooks, default_writers
+from .train_loop import AMPTrainer, SimpleTrainer, Trainer, TrainerBase, default_hooks, default_writers
 
 __all__ = [
+    "AMPTrainer",
     "CommonMetricPrinter",
     "EvalHook",
     "EventStorage",
@@ -40,9 +42,11 @@ __all__ = [
     "PeriodicCheckpointer",
     "PeriodicWriter",
     "PolyParamScheduler",
+    "SimpleTrainer",
     "StopSignals",
     "TensorboardWriter",
     "Trainer",
+    "TrainerBase",
     "WarmupParamScheduler",
     "build_gradient_clipper",
     "build_lr_scheduler",
@@ -55,7 +59,6 @@ __all__ = [
     "default_hooks",
     "default_setup",
     "default_writers",
-    "flatten_results",
     "get_event_storage",
     "get_param_groups",
     "ignore_stop_signals",

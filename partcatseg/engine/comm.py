@@ -21,7 +21,8 @@ __all__ = [
     "all_gather",
     "gather",
     "get_local_rank",
-    "get_local_size",
+    "set_local_rank",
+    "reset_local_rank",
     "get_rank",
     "get_world_size",
     "is_dist_initialized",
@@ -33,7 +34,6 @@ __all__ = [
 
 # Set by launch() for spawned workers (and for torchrun from its environment variables).
 _LOCAL_RANK: Optional[int] = None
-_LOCAL_SIZE: Optional[int] = None
 
 
 def is_dist_initialized() -> bool:
@@ -48,15 +48,15 @@ def get_rank() -> int:
     return dist.get_rank() if is_dist_initialized() else 0
 
 
-def _set_local(local_rank: int, local_size: int) -> None:
-    """Record this process's position on its machine (called by :func:`launch`)."""
-    global _LOCAL_RANK, _LOCAL_SIZE
-    _LOCAL_RANK, _LOCAL_SIZE = int(local_rank), int(local_size)
+def set_local_rank(local_rank: int) -> None:
+    """Record this process's rank on its machine (called by :func:`~partcatseg.engine.launch.launch`)."""
+    global _LOCAL_RANK
+    _LOCAL_RANK = int(local_rank)
 
 
-def _reset_local() -> None:
-    global _LOCAL_RANK, _LOCAL_SIZE
-    _LOCAL_RANK = _LOCAL_SIZE = None
+def reset_local_rank() -> None:
+    global _LOCAL_RANK
+    _LOCAL_RANK = None
     _object_group.cache_clear()
 
 
@@ -67,15 +67,6 @@ def get_local_rank() -> int:
     if _LOCAL_RANK is not None:
         return _LOCAL_RANK
     return int(os.environ.get("LOCAL_RANK", get_rank()))
-
-
-def get_local_size() -> int:
-    """Number of processes on this machine."""
-    if not is_dist_initialized():
-        return 1
-    if _LOCAL_SIZE is not None:
-        return _LOCAL_SIZE
-    return int(os.environ.get("LOCAL_WORLD_SIZE", get_world_size()))
 
 
 def is_main_process() -> bool:

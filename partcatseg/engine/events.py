@@ -131,7 +131,7 @@ class CommonMetricPrinter(EventWriter):
     def __init__(self, max_iter: int, window_size: int = 20, logger: Optional[logging.Logger] = None):
         self.max_iter = max_iter
         self.window_size = window_size
-        self.logger = logger or logging.getLogger("partcatseg.engine.trainer")
+        self.logger = logger or logging.getLogger("partcatseg.engine.train_loop")
 
     def _eta(self, storage: EventStorage, iteration: int) -> str:
         try:

@@ -1,6 +1,6 @@
 """Hooks: code run by the trainer around every iteration (detectron2's hook protocol).
 
-Order matters; :func:`partcatseg.engine.trainer.default_hooks` registers
+Order matters; :func:`partcatseg.engine.train_loop.default_hooks` registers
 ``LRScheduler → PeriodicCheckpointer → EvalHook → PeriodicWriter`` so that a checkpoint stores
 the lr of the *next* iteration, evaluation runs on the just-saved weights, and the writer reports
 the evaluation results of the same iteration.
@@ -14,12 +14,14 @@ from collections import Counter
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
+from fvcore.common.checkpoint import PeriodicCheckpointer as _FvcorePeriodicCheckpointer
 
+from ..evaluation.tables import flatten_results
 from . import comm
 from .events import EventWriter, get_event_storage
 from .rng import capture_rng_state, restore_rng_state
 
-__all__ = ["EvalHook", "HookBase", "LRScheduler", "PeriodicCheckpointer", "PeriodicWriter", "flatten_results"]
+__all__ = ["EvalHook", "HookBase", "LRScheduler", "PeriodicCheckpointer", "PeriodicWriter"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,61 +88,43 @@ class LRScheduler(HookBase):
             self.scheduler.load_state_dict(state)
 
 
-class PeriodicCheckpointer(HookBase):
-    """Saves ``{prefix}_{iter:07d}.pth`` every ``period`` iterations and ``{prefix}_final.pth`` at the end.
+class _CollectiveSave:
+    """The checkpointer fvcore's PeriodicCheckpointer drives: every rank gathers its resume state
+    (RNG, data position) through ``trainer.save_checkpoint``; only the main process writes."""
 
-    Runs on every rank: the per-rank resume state (RNG, data position) is gathered collectively;
-    only the checkpointer of the main process writes files.
+    def __init__(self, hook: "PeriodicCheckpointer", checkpointer: Any):
+        self.hook, self.checkpointer = hook, checkpointer
+        self.path_manager = checkpointer.path_manager
+        self._last = ""
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        self.hook.trainer.save_checkpoint(name, self.checkpointer)  # records the iteration itself
+        self._last = os.path.join(self.checkpointer.save_dir, f"{name}.pth")
+
+    def get_checkpoint_file(self) -> str:
+        return self._last
+
+
+class PeriodicCheckpointer(_FvcorePeriodicCheckpointer, HookBase):
+    """fvcore's schedule as a hook: ``{prefix}_{iter:07d}.pth`` every ``period`` iterations,
+    ``{prefix}_final.pth`` at the end, at most ``max_to_keep`` periodic files (main process prunes).
+
+    Runs on every rank: the per-rank resume state is gathered collectively before each save.
     """
 
     def __init__(self, checkpointer: Any, period: int, max_iter: Optional[int] = None,
                  max_to_keep: Optional[int] = None, file_prefix: str = "model"):
         if period <= 0:
             raise ValueError(f"checkpoint period must be positive (SOLVER.CHECKPOINT_PERIOD), got {period}")
-        self.checkpointer = checkpointer
-        self.period = int(period)
-        self.max_iter = max_iter
-        self.max_to_keep = max_to_keep
-        self.file_prefix = file_prefix
-        self._recent: List[str] = []
+        super().__init__(_CollectiveSave(self, checkpointer), period, max_iter,
+                         max_to_keep if comm.is_main_process() else None, file_prefix)
 
     def before_train(self) -> None:
         if self.max_iter is None:
             self.max_iter = self.trainer.max_iter
 
-    def save(self, name: str) -> None:
-        """Save now (collective: every rank must call it at the same iteration)."""
-        self.trainer.save_checkpoint(name, self.checkpointer)
-
     def after_step(self) -> None:
-        it = self.trainer.iter
-        if (it + 1) % self.period == 0:
-            name = f"{self.file_prefix}_{it:07d}"
-            self.save(name)
-            self._prune(name)
-        if self.max_iter is not None and it >= self.max_iter - 1:
-            self.save(f"{self.file_prefix}_final")
-
-    def _prune(self, name: str) -> None:
-        if self.max_to_keep is None or not comm.is_main_process():
-            return
-        self._recent.append(name)
-        while len(self._recent) > self.max_to_keep:
-            old = os.path.join(self.checkpointer.save_dir, self._recent.pop(0) + ".pth")
-            if os.path.exists(old):
-                os.remove(old)
-
-
-def flatten_results(results: Mapping[str, Any], prefix: str = "", sep: str = "/") -> Dict[str, Any]:
-    """``{"sem_seg": {"mIoU": 1}}`` -> ``{"sem_seg/mIoU": 1}``."""
-    out: Dict[str, Any] = {}
-    for k, v in results.items():
-        key = f"{prefix}{sep}{k}" if prefix else str(k)
-        if isinstance(v, Mapping):
-            out.update(flatten_results(v, key, sep))
-        else:
-            out[key] = v
-    return out
+        self.step(self.trainer.iter)
 
 
 class EvalHook(HookBase):

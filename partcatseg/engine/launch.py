@@ -84,12 +84,12 @@ def _init_group(backend: str, init_method: str, world_size: int, rank: int, loca
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend=backend, init_method=init_method, world_size=world_size, rank=rank,
                             timeout=timeout)
-    comm._set_local(local_rank, local_size)
+    comm.set_local_rank(local_rank)
     comm.synchronize()
 
 
 def _teardown() -> None:
-    comm._reset_local()
+    comm.reset_local_rank()
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -73,7 +73,12 @@ def _warmup_factor_at(method: str, it: int, warmup_iters: int, warmup_factor: fl
 
 
 class PolyParamScheduler(ParamScheduler):
-    """DeepLab's ``WarmupPolyLR`` multiplier as a stateless fvcore scheduler."""
+    """DeepLab's ``WarmupPolyLR`` multiplier as a stateless fvcore scheduler.
+
+    Its warm-up multiplies a factor into the decay (detectron2's older rule, :func:`_warmup_factor_at`),
+    where the other schedules ramp linearly between values (:class:`WarmupParamScheduler`, fvcore's
+    composite, detectron2 0.6); both are kept because each schedule's official numbers depend on its own.
+    """
 
     def __init__(self, max_iter: int, power: float = 0.9, constant_ending: float = 0.0,
                  warmup_factor: float = 0.001, warmup_iters: int = 1000, warmup_method: str = "linear"):

@@ -14,6 +14,8 @@ import torch
 from ..data import DatasetCatalog, MetadataCatalog, build_mapper, build_test_loader, build_train_loader
 from ..evaluation import PartSegEvaluator, SemSegEvaluator, VOCbSemSegEvaluator
 from ..evaluation.tables import semseg_table, summary_table, write_json
+from ..modeling import SegmentationModel
+from ..vocab import dataset_vocabulary
 from . import comm
 from .inference import inference_on_dataset
 
@@ -23,17 +25,9 @@ __all__ = [
     "evaluator_from_config",
     "evaluate",
     "format_results",
-    "is_part_model",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def is_part_model(cfg: Any) -> bool:
-    """PartCATSeg and part-catseg's CAT-Seg baseline output ``sem_seg`` + ``sem_seg_all`` (part protocol)."""
-    from ..config import resolve_catseg_variant
-
-    return cfg.MODEL.META_ARCHITECTURE == "PartCATSeg" or resolve_catseg_variant(cfg) == "partcatseg_baseline"
 
 
 def train_loader_from_config(cfg: Any, start_iter: int = 0):
@@ -77,10 +71,10 @@ class _PanelWriter:
         return None
 
 
-def evaluator_from_config(cfg: Any, dataset_name: str, output_dir: str):
-    """Part evaluator for part models, semantic (or VOC-b) evaluator for CAT-Seg CVPR."""
+def evaluator_from_config(cfg: Any, dataset_name: str, output_dir: str, task: str):
+    """Part evaluator for part models (``task`` "part"), semantic (or VOC-b) evaluator otherwise."""
     meta = MetadataCatalog.get(dataset_name)
-    if is_part_model(cfg):
+    if task == "part":
         evaluators = [PartSegEvaluator.from_metadata(meta, output_dir=output_dir)]
         if cfg.TEST.VISUALIZE:
             evaluators.append(_PanelWriter(meta.stuff_classes, meta.ignore_label, os.path.join(output_dir, "visualize")))
@@ -101,14 +95,23 @@ def format_results(results: Dict[str, Any]) -> str:
     return "\n\n".join(blocks)
 
 
-def evaluate(cfg: Any, model: torch.nn.Module, output_root: Optional[str] = None) -> Dict[str, Any]:
-    """Evaluate on every ``DATASETS.TEST`` split; write results under ``OUTPUT_DIR/inference/<name>``."""
+def evaluate(cfg: Any, model: SegmentationModel, output_root: Optional[str] = None) -> Dict[str, Any]:
+    """Evaluate on every ``DATASETS.TEST`` split; write results under ``OUTPUT_DIR/inference/<name>``.
+
+    The model segments each split's own vocabulary (:func:`partcatseg.vocab.dataset_vocabulary`), so
+    several test sets can be evaluated in one run.
+    """
+    if not isinstance(model, SegmentationModel):
+        raise TypeError(f"evaluate() needs a SegmentationModel (unwrapped from DDP), got {type(model).__name__}")
     output_root = output_root or os.path.join(cfg.OUTPUT_DIR, "inference")
     results: Dict[str, Any] = {}
     for name in cfg.DATASETS.TEST:
         out_dir = os.path.join(output_root, name)
         loader = test_loader_from_config(cfg, name)
-        res = inference_on_dataset(model, loader, evaluator_from_config(cfg, name, out_dir))
+        vocabulary = dataset_vocabulary(name)
+        if vocabulary != model.vocabulary:
+            model.set_vocabulary(vocabulary)
+        res = inference_on_dataset(model, loader, evaluator_from_config(cfg, name, out_dir, model.task))
         skipped = [s for part in comm.all_gather(list(getattr(loader, "skipped", []))) for s in part]
         if skipped:
             # never silent: counted in the results, listed in a file and in the log

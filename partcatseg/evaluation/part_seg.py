@@ -1,7 +1,7 @@
 """Part-segmentation evaluator: the OV-PARTS "Oracle-Obj" and "Pred-All" settings.
 
 Each record is one (image, object) pair of the flattened per-object test set. Per record
-(PartCATSeg ``partcatseg_evaluation.py``, spec §6):
+(PartCATSeg ``partcatseg_evaluation.py``):
 
 1. ``pred = argmax(outputs["sem_seg"])`` — (C,H,W) part scores with disallowed classes at -1 and no
    background (Oracle-Obj); ``pred_all = argmax(outputs["sem_seg_all"])`` — (C+1,H,W), background last.

@@ -28,11 +28,10 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from timm.layers import Mlp
+from timm.models.swin_transformer import window_partition
 from torch import nn
 
 __all__ = [
-    "window_partition",
-    "window_reverse",
     "shifted_window_mask",
     "window_token_order",
     "WindowAttention",
@@ -142,21 +141,6 @@ def linear(
     return y if residual is None else residual + y
 
 
-def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
-    """(B, H, W, C) -> (B * nW, window*window, C)."""
-    b, h, w, c = x.shape
-    x = x.view(b, h // window, window, w // window, window, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, c)
-
-
-def window_reverse(windows: torch.Tensor, window: int, h: int, w: int) -> torch.Tensor:
-    """(B * nW, window*window, C) -> (B, H, W, C)."""
-    c = windows.shape[-1]
-    b = windows.shape[0] // ((h // window) * (w // window))
-    x = windows.view(b, h // window, w // window, window, window, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
-
-
 def shifted_window_mask(h: int, w: int, window: int, shift: int) -> torch.Tensor:
     """Standard Swin region mask (nW, N, N): 0 inside a region, -100 across regions."""
     regions = torch.zeros((1, h, w, 1))
@@ -166,7 +150,7 @@ def shifted_window_mask(h: int, w: int, window: int, shift: int) -> torch.Tensor
         for ws in spans:
             regions[:, hs, ws, :] = label
             label += 1
-    windows = window_partition(regions, window).squeeze(-1)  # nW, N
+    windows = window_partition(regions, (window, window)).reshape(-1, window * window)  # nW, N
     diff = windows.unsqueeze(1) - windows.unsqueeze(2)
     return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
 
@@ -180,7 +164,7 @@ def window_token_order(h: int, w: int, window: int, shift: int) -> torch.Tensor:
     rows = (torch.arange(h) + shift) % h
     cols = (torch.arange(w) + shift) % w
     flat = (rows[:, None] * w + cols[None, :]).view(1, h, w, 1)
-    return window_partition(flat, window).reshape(-1)
+    return window_partition(flat, (window, window)).reshape(-1)
 
 
 def guided_qkv(

@@ -7,9 +7,9 @@
   with fused attention weights, 80-template frozen text features, DINOv2 guidance, a background class
   and Oracle-Obj inference.
 
-Both follow detectron2's calling convention (a list of per-image dicts) and keep the official module
+Both follow the model protocol (:mod:`partcatseg.modeling.meta_arch`) and keep the official module
 tree (``sem_seg_head.predictor.{clip_model, transformer}``) so released checkpoints load unchanged.
-Vocabularies are plain lists; only :func:`catseg_from_config` reads a config.
+Only their ``from_config`` classmethods read a config.
 """
 from __future__ import annotations
 
@@ -21,17 +21,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError, resolve_catseg_variant, resolve_text_cache_dir
-from ..data.catalog import MetadataCatalog
-from ..vocab import get_templates, load_class_json, oracle_class_mask
+from ..config import ConfigError
+from ..vocab import Vocabulary, load_class_json
+from . import config_map
 from .catseg_aggregator import CATSegAggregator
 from .clip import encode_image_dense, split_qkv_projections
-from .dinov2 import DINOv2Backbone
-from .resnet import ResNetBackbone
+from .meta_arch import META_ARCH_REGISTRY, SegmentationModel, oracle_scores, record_object_index
 from .partcatseg import set_clip_trainable
 from .preprocess import normalize_pad_resize, resize_to_output
-from .speed import autocast_context
-from .text import TextFeatureCache, encode_class_names
+from .pretrained import clip_and_dinov2, fill_pretrained
+from .resnet import ResNetBackbone
+from .speed import apply_channels_last, autocast_context, compile_modules
+from .text import TextFeatureCache, encode_class_names, forget_text_fingerprint
 
 __all__ = [
     "CATSeg",
@@ -42,7 +43,6 @@ __all__ = [
     "catseg_loss",
     "set_catseg_clip_trainable",
     "sliding_window_inference",
-    "catseg_from_config",
 ]
 
 
@@ -187,23 +187,60 @@ def _tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
     return tokens[:, 1:].transpose(1, 2).reshape(b, c, side, side)
 
 
-class _CATSegCommon(nn.Module, abc.ABC):
-    """Buffers, properties and the inference loop both meta-architectures share."""
+class _CATSegCommon(SegmentationModel):
+    """Buffers, properties, speed modes and the inference loop both meta-architectures share."""
 
     sem_seg_head: CATSegHead
 
-    def _register_pixel_stats(
+    def __init__(
         self,
+        *,
+        train_vocabulary: Vocabulary,
+        test_vocabulary: Vocabulary,
+        templates: Sequence[str],
+        clip_resolution: tuple[int, int],
+        ignore_value: int,
+        size_divisibility: int,
+        sliding_window: bool,
         clip_pixel_mean: Sequence[float],
         clip_pixel_std: Sequence[float],
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
+        text_cache: Optional[TextFeatureCache],
+        input_format: str,
+        inference_amp: str,
+        pretrained_weights: Optional[dict[str, str]],
     ) -> None:
+        super().__init__(train_vocabulary=train_vocabulary, test_vocabulary=test_vocabulary, input_format=input_format)
+        self.pretrained_weights = dict(pretrained_weights or {})
         # Non-persistent, as officially: they are not checkpoint keys.
         self.register_buffer("clip_pixel_mean", torch.tensor(clip_pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("clip_pixel_std", torch.tensor(clip_pixel_std).view(-1, 1, 1), False)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.templates = list(templates)
+        self.clip_resolution = tuple(clip_resolution)
+        self.ignore_value = ignore_value
+        self.size_divisibility = size_divisibility
+        self.sliding_window = sliding_window
+        self.text_cache = text_cache or TextFeatureCache(None)
+        autocast_context(self.clip_pixel_mean.device, inference_amp)  # validates the mode now
+        self.inference_amp = inference_amp
+
+    def load_pretrained(self, missing=None) -> list[str]:
+        backbone = getattr(self, "backbone", None)  # CAT-Seg CVPR has no guidance backbone
+        return fill_pretrained(self, clip_and_dinov2(self.clip_model, backbone, self.pretrained_weights), missing)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "templates": len(self.templates), "class_chunk": self.aggregator.class_chunk,
+                "inference_amp": self.inference_amp or "fp32"}
+
+    def _apply_speed_modes(self, channels_last: bool, compile: bool) -> None:
+        """The opt-in speed modes, once every module exists (end of the constructor)."""
+        if channels_last:
+            apply_channels_last(self)
+        if compile:
+            compile_modules([self.aggregator, getattr(self, "backbone", None), self.clip_model.visual])
 
     @property
     def device(self) -> torch.device:
@@ -223,10 +260,20 @@ class _CATSegCommon(nn.Module, abc.ABC):
         )
 
     @abc.abstractmethod
+    def text_features(self, class_names: Sequence[str]) -> torch.Tensor:
+        """(T, P, C) text features of ``class_names`` (plus a background row where the model has one)."""
+
+    @abc.abstractmethod
     def predict_logits(self, images: Sequence[torch.Tensor], text: torch.Tensor) -> torch.Tensor:
         """(B, T, 4h, 4w) logits for (3, H, W) 0-255 images and (T, P, C) text features."""
 
-    inference_amp = ""  # TEST.AMP (see .speed); "" = fp32
+    def prepare_vocabulary(self, vocabulary: Optional[Vocabulary] = None, *, refresh: bool = False) -> None:
+        if refresh:
+            self.text_cache.clear_memory()
+            forget_text_fingerprint(self.clip_model)
+        vocabulary = self._check_vocabulary(vocabulary) if vocabulary is not None else self.vocabulary
+        with torch.no_grad():
+            self.text_features(vocabulary.classes)
 
     def _probabilities(self, batched_inputs: list[dict], text: torch.Tensor) -> list[torch.Tensor]:
         """Per-record (T, height, width) probabilities (whole-image or sliding-window), fp32.
@@ -234,28 +281,29 @@ class _CATSegCommon(nn.Module, abc.ABC):
         Image encoders and aggregator run under ``TEST.AMP`` autocast; ``text`` was computed before.
         """
         with autocast_context(self.device, self.inference_amp):
-            return self._probabilities_impl(batched_inputs, text)
-
-    def _probabilities_impl(self, batched_inputs: list[dict], text: torch.Tensor) -> list[torch.Tensor]:
-        images = [x["image"].to(self.device) for x in batched_inputs]
-        if self.sliding_window:
-            out = []
-            for record, image in zip(batched_inputs, images):
-                probs = sliding_window_inference(image, lambda views: self.predict_logits(list(views), text).float())
-                out.append(resize_to_output(probs, *_output_size(record)))
-            return out
-        probs = self.predict_logits(images, text).float().sigmoid()
-        return [resize_to_output(p, *_output_size(r)) for r, p in zip(batched_inputs, probs)]
+            images = [x["image"].to(self.device) for x in batched_inputs]
+            if self.sliding_window:
+                out = []
+                for record, image in zip(batched_inputs, images):
+                    probs = sliding_window_inference(image, lambda views: self.predict_logits(list(views), text).float())
+                    out.append(resize_to_output(probs, *_output_size(record)))
+                return out
+            probs = self.predict_logits(images, text).float().sigmoid()
+            return [resize_to_output(p, *_output_size(r)) for r, p in zip(batched_inputs, probs)]
 
 
 # ------------------------------------------------------------------------------------ CVPR 2024
+@META_ARCH_REGISTRY.register()
 class CATSeg(_CATSegCommon):
-    """CAT-Seg, CVPR-2024 release (checkpoints ``model_base.pth``, ``model_large.pth``).
+    """CAT-Seg, CVPR-2024 release (checkpoints ``model_base.pth``, ``model_large.pth``): semantic segmentation.
+
+    ``MODEL.META_ARCHITECTURE: CATSeg`` also names part-catseg's baseline (:class:`CATSegBaseline`);
+    :func:`partcatseg.config.resolve_meta_architecture` tells them apart.
 
     Args:
         clip_model: open_clip CLIP with split q/k/v weights (:func:`~.clip.split_qkv_projections`).
         aggregator: :class:`CATSegAggregator` with ``prompt_channel == len(templates)``.
-        train_class_names / test_class_names: vocabularies ("a, b" = synonyms; the first is used).
+        train_vocabulary / test_vocabulary: class names ("a, b" = synonyms; the first is used).
         templates: prompt templates (officially the single ``CATSEG_SINGLE_TEMPLATE``).
         guidance_layers: CLIP blocks whose residual stream guides the decoder ((3, 7) for ViT-B/16,
             (7, 15) for ViT-L/14@336px).
@@ -265,13 +313,15 @@ class CATSeg(_CATSegCommon):
         text_cache: cache for evaluation text features (keyed by vocabulary and text-tower weights).
     """
 
+    task = "semantic"
+
     def __init__(
         self,
         *,
         clip_model: nn.Module,
         aggregator: CATSegAggregator,
-        train_class_names: Sequence[str],
-        test_class_names: Sequence[str],
+        train_vocabulary: Vocabulary,
+        test_vocabulary: Vocabulary,
         templates: Sequence[str] = (CATSEG_SINGLE_TEMPLATE,),
         guidance_layers: Sequence[int] = (3, 7),
         clip_resolution: tuple[int, int] = (384, 384),
@@ -284,8 +334,12 @@ class CATSeg(_CATSegCommon):
         pixel_mean: Sequence[float] = IMAGENET_MEAN,
         pixel_std: Sequence[float] = IMAGENET_STD,
         text_cache: Optional[TextFeatureCache] = None,
+        input_format: str = "RGB",
+        inference_amp: str = "",
+        channels_last: bool = False,
+        compile: bool = False,
+        pretrained_weights: Optional[dict[str, str]] = None,
     ) -> None:
-        super().__init__()
         if len(guidance_layers) != 2 or list(guidance_layers) != sorted(guidance_layers):
             raise ValueError(f"guidance_layers={tuple(guidance_layers)}; expected two increasing block indices")
         num_blocks = len(clip_model.visual.transformer.resblocks)
@@ -298,27 +352,50 @@ class CATSeg(_CATSegCommon):
             raise ValueError(
                 f"{len(templates)} templates but the aggregator expects prompt_channel={aggregator.prompt_channel}"
             )
+        # pixel_mean/std: official leftovers, unused by the CVPR forward (kept for API symmetry).
+        super().__init__(
+            train_vocabulary=train_vocabulary, test_vocabulary=test_vocabulary, templates=templates,
+            clip_resolution=clip_resolution, ignore_value=ignore_value, size_divisibility=size_divisibility,
+            sliding_window=sliding_window, clip_pixel_mean=clip_pixel_mean, clip_pixel_std=clip_pixel_std,
+            pixel_mean=pixel_mean, pixel_std=pixel_std, text_cache=text_cache, input_format=input_format,
+            inference_amp=inference_amp, pretrained_weights=pretrained_weights,
+        )
         self.sem_seg_head = CATSegHead(CATSegPredictor(clip_model, aggregator), ignore_value)
         width = clip_model.visual.conv1.out_channels
         # Decoder guidance from two CLIP blocks, upsampled 2x and 4x (top-level official keys).
         self.upsample1 = nn.ConvTranspose2d(width, 256, kernel_size=2, stride=2)
         self.upsample2 = nn.ConvTranspose2d(width, 128, kernel_size=4, stride=4)
-        # pixel_mean/std: official leftovers, unused by the CVPR forward (kept for API symmetry).
-        self._register_pixel_stats(clip_pixel_mean, clip_pixel_std, pixel_mean, pixel_std)
-        self.train_class_names = list(train_class_names)
-        self.test_class_names = list(test_class_names)
-        self.templates = list(templates)
         self.guidance_layers = tuple(guidance_layers)
-        self.clip_resolution = tuple(clip_resolution)
-        self.size_divisibility = size_divisibility
-        self.sliding_window = sliding_window
-        self.ignore_value = ignore_value
-        self.text_cache = text_cache or TextFeatureCache(None)
         set_catseg_clip_trainable(clip_model, clip_finetune)
+        self._apply_speed_modes(channels_last, compile)
 
-    def set_test_vocabulary(self, class_names: Sequence[str]) -> None:
-        """Change what inference segments (any list of names; no retraining)."""
-        self.test_class_names = list(class_names)
+    @classmethod
+    def from_config(cls, cfg: Any) -> dict[str, Any]:
+        head = cfg.MODEL.SEM_SEG_HEAD
+        is_b16 = head.CLIP_PRETRAINED == "ViT-B/16"  # the official switch for resolution and hooked blocks
+        clip_model = config_map.clip_from_config(cfg)
+        split_qkv_projections(clip_model)
+        embed_dim = clip_model.text_projection.shape[-1]
+        config_map.check_head_dims(
+            cfg,
+            {"TEXT_GUIDANCE_DIM": embed_dim, "APPEARANCE_GUIDANCE_DIM": embed_dim, "DECODER_GUIDANCE_DIMS": [256, 128]},
+            f"CAT-Seg (CVPR) with CLIP {head.CLIP_PRETRAINED!r} feeds its {embed_dim}-d dense CLIP features and "
+            f"the 256/128-channel upsample1/upsample2 outputs to the aggregator",
+        )
+        templates = config_map.templates_from_config(cfg)
+        return dict(
+            clip_model=clip_model,
+            aggregator=_aggregator_from_config(cfg, prompt_channel=len(templates), pad_len=256),
+            train_vocabulary=_json_vocabulary(head.TRAIN_CLASS_JSON),
+            test_vocabulary=_json_vocabulary(head.TEST_CLASS_JSON),
+            templates=templates,
+            guidance_layers=(3, 7) if is_b16 else (7, 15),
+            clip_resolution=config_map.clip_resolution_from_config(cfg),
+            clip_finetune=head.CLIP_FINETUNE,
+            text_cache=config_map.text_cache_from_config(cfg),
+            pretrained_weights=config_map.pretrained_from_config(cfg),
+            **config_map.config_values(cfg, config_map.MODEL_KEYS, *_COMMON_ARGS),
+        )
 
     def text_features(self, class_names: Sequence[str]) -> torch.Tensor:
         """(T, P, C) L2-normalised text features from the model's own (fine-tuned) text tower.
@@ -352,16 +429,17 @@ class CATSeg(_CATSegCommon):
 
     def forward(self, batched_inputs: list[dict]):
         if self.training:
-            text = self.text_features(self.train_class_names)
+            text = self.text_features(self.train_vocabulary.classes)
             logits = self.predict_logits([x["image"] for x in batched_inputs], text)
             targets = torch.stack([x["sem_seg"] for x in batched_inputs]).to(self.device)
             return {"loss_sem_seg": catseg_loss(logits, targets, self.ignore_value)}
         with torch.no_grad():
-            text = self.text_features(self.test_class_names)
+            text = self.text_features(self.vocabulary.classes)
             return [{"sem_seg": p} for p in self._probabilities(batched_inputs, text)]
 
 
 # ------------------------------------------------------------------------------------ part-catseg baseline
+@META_ARCH_REGISTRY.register()
 class CATSegBaseline(_CATSegCommon):
     """part-catseg's CAT-Seg baseline (pre-CVPR CAT-Seg + guidance backbone + background + Oracle-Obj).
 
@@ -371,13 +449,15 @@ class CATSegBaseline(_CATSegCommon):
             ``catseg_partimagenet``, OV-PARTS).
         clip_model: open_clip CLIP with fused ``in_proj_weight`` (pre-CVPR layout).
         aggregator: :class:`CATSegAggregator` with ``pad_len=0`` and ``prompt_channel == len(templates)``.
-        train_class_names / test_class_names: "object's part" vocabularies.
-        test_obj_classes: object list indexed by a record's ``object_class`` / ``instances.gt_classes``.
+        train_vocabulary / test_vocabulary: "object's part" vocabularies; the test vocabulary's
+            ``objects`` are what a record's ``object_class`` indexes.
         templates: prompt templates (the 80 ImageNet ones officially), synonyms averaged.
         bg_on: append the background class (``non_object_embedding``) as the last class.
         clip_finetune: pre-CVPR rule (visual tower only, see ``partcatseg.set_clip_trainable``).
         finetune_backbone: train the backbone (official: ``SOLVER.BACKBONE_MULTIPLIER > 0``).
     """
+
+    task = "part"
 
     def __init__(
         self,
@@ -385,9 +465,8 @@ class CATSegBaseline(_CATSegCommon):
         backbone: nn.Module,
         clip_model: nn.Module,
         aggregator: CATSegAggregator,
-        train_class_names: Sequence[str],
-        test_class_names: Sequence[str],
-        test_obj_classes: Sequence[str],
+        train_vocabulary: Vocabulary,
+        test_vocabulary: Vocabulary,
         templates: Sequence[str],
         bg_on: bool = True,
         bg_weight: float = 0.05,
@@ -402,33 +481,79 @@ class CATSegBaseline(_CATSegCommon):
         pixel_mean: Sequence[float] = IMAGENET_MEAN,
         pixel_std: Sequence[float] = IMAGENET_STD,
         text_cache: Optional[TextFeatureCache] = None,
+        input_format: str = "RGB",
+        inference_amp: str = "",
+        channels_last: bool = False,
+        compile: bool = False,
+        pretrained_weights: Optional[dict[str, str]] = None,
     ) -> None:
-        super().__init__()
         if aggregator.prompt_channel != len(templates):
             raise ValueError(
                 f"{len(templates)} templates but the aggregator expects prompt_channel={aggregator.prompt_channel}"
             )
+        super().__init__(
+            train_vocabulary=train_vocabulary, test_vocabulary=test_vocabulary, templates=templates,
+            clip_resolution=clip_resolution, ignore_value=ignore_value, size_divisibility=size_divisibility,
+            sliding_window=sliding_window, clip_pixel_mean=clip_pixel_mean, clip_pixel_std=clip_pixel_std,
+            pixel_mean=pixel_mean, pixel_std=pixel_std, text_cache=text_cache, input_format=input_format,
+            inference_amp=inference_amp, pretrained_weights=pretrained_weights,
+        )
         self.backbone = backbone
         self.sem_seg_head = CATSegHead(CATSegPredictor(clip_model, aggregator, bg_on), ignore_value)
-        self._register_pixel_stats(clip_pixel_mean, clip_pixel_std, pixel_mean, pixel_std)
-        self.train_class_names = list(train_class_names)
-        self.test_class_names = list(test_class_names)
-        self.test_obj_classes = list(test_obj_classes)
-        self.templates = list(templates)
         self.bg_on = bg_on
         self.bg_weight = bg_weight
-        self.ignore_value = ignore_value
-        self.size_divisibility = size_divisibility
-        self.clip_resolution = tuple(clip_resolution)
-        self.sliding_window = sliding_window
-        self.text_cache = text_cache or TextFeatureCache(None)
         set_clip_trainable(clip_model, clip_finetune)
         backbone.requires_grad_(finetune_backbone)
+        self._apply_speed_modes(channels_last, compile)
 
-    def set_test_vocabulary(self, class_names: Sequence[str], obj_classes: Sequence[str]) -> None:
-        """Change the inference vocabulary and the object list Oracle-Obj indexes."""
-        self.test_class_names = list(class_names)
-        self.test_obj_classes = list(obj_classes)
+    @classmethod
+    def from_config(cls, cfg: Any) -> dict[str, Any]:
+        head = cfg.MODEL.SEM_SEG_HEAD
+        clip_model = config_map.clip_from_config(cfg)
+        embed_dim = clip_model.text_projection.shape[-1]
+        if cfg.MODEL.BACKBONE.NAME == "build_resnet_backbone":
+            # OV-PARTS / pre-CVPR CAT-Seg guidance: detectron2 ResNet on the image squashed to 384x384
+            res = cfg.MODEL.RESNETS
+            backbone = ResNetBackbone(
+                depth=res.DEPTH, out_features=tuple(res.OUT_FEATURES), stem_out_channels=res.STEM_OUT_CHANNELS,
+                res2_out_channels=res.RES2_OUT_CHANNELS, stride_in_1x1=res.STRIDE_IN_1X1, input_size=384,
+            )
+            expected = {
+                "TEXT_GUIDANCE_DIM": embed_dim,
+                "APPEARANCE_GUIDANCE_DIM": backbone.channels["res4"],
+                "DECODER_GUIDANCE_DIMS": [backbone.channels["res3"], backbone.channels["res2"]],
+            }
+            why = f"the CAT-Seg baseline feeds {embed_dim}-d CLIP text features and ResNet res4/res3/res2 maps"
+        elif cfg.MODEL.BACKBONE.NAME == "DINOv2Backbone":
+            backbone = config_map.dinov2_from_config(cfg)
+            dino_dim = backbone.embed_dim
+            expected = {
+                "TEXT_GUIDANCE_DIM": embed_dim,
+                "APPEARANCE_GUIDANCE_DIM": dino_dim,
+                "DECODER_GUIDANCE_DIMS": [dino_dim, dino_dim],
+            }
+            why = f"the CAT-Seg baseline feeds {embed_dim}-d CLIP text features and {dino_dim}-d DINOv2 maps"
+        else:
+            raise ConfigError(
+                f"MODEL.BACKBONE.NAME={cfg.MODEL.BACKBONE.NAME!r} is not supported by the CAT-Seg baseline; "
+                "expected 'DINOv2Backbone' or 'build_resnet_backbone'"
+            )
+        config_map.check_head_dims(cfg, expected, why + " to the aggregator")
+        templates = config_map.templates_from_config(cfg)
+        return dict(
+            backbone=backbone,
+            clip_model=clip_model,
+            aggregator=_aggregator_from_config(cfg, prompt_channel=len(templates), pad_len=0),
+            templates=templates,
+            bg_on=head.BG_ON,
+            clip_finetune=head.CLIP_FINETUNE,
+            finetune_backbone=cfg.SOLVER.BACKBONE_MULTIPLIER > 0,
+            clip_resolution=config_map.clip_resolution_from_config(cfg),
+            text_cache=config_map.text_cache_from_config(cfg),
+            pretrained_weights=config_map.pretrained_from_config(cfg),
+            **config_map.vocabularies_from_config(cfg),
+            **config_map.config_values(cfg, config_map.MODEL_KEYS, *_COMMON_ARGS),
+        )
 
     def text_features(self, class_names: Sequence[str]) -> torch.Tensor:
         """Frozen (T [+1], P, C) features; the background row is the normalised ``non_object_embedding``.
@@ -451,176 +576,42 @@ class CATSegBaseline(_CATSegCommon):
         vis = [dino["res4"], dino["res3"], dino["res2"]]
         return self.aggregator(_tokens_to_map(dense), text.unsqueeze(0).expand(len(images), -1, -1, -1), vis)
 
-    @staticmethod
-    def object_index(record: dict) -> Optional[int]:
-        """The Oracle-Obj object id: ``object_class``, else detectron2 ``instances.gt_classes[0]``."""
-        if record.get("object_class") is not None:
-            return int(record["object_class"])
-        instances = record.get("instances")
-        gt = getattr(instances, "gt_classes", None) if instances is not None else None
-        if gt is not None and len(gt):
-            return int(gt[0])
-        return None
-
     def forward(self, batched_inputs: list[dict]):
         if self.training:
-            text = self.text_features(self.train_class_names)
+            text = self.text_features(self.train_vocabulary.classes)
             logits = self.predict_logits([x["image"] for x in batched_inputs], text)
             targets = torch.stack([x["obj_part_sem_seg"] for x in batched_inputs]).to(self.device)
             loss = catseg_loss(logits, targets, self.ignore_value, bg_on=self.bg_on, bg_weight=self.bg_weight)
             return {"loss_sem_seg": loss}
         with torch.no_grad():
-            text = self.text_features(self.test_class_names)
+            text = self.text_features(self.vocabulary.classes)
             results = []
             for record, prob in zip(batched_inputs, self._probabilities(batched_inputs, text)):
                 parts = prob[:-1] if self.bg_on else prob
-                obj = self.object_index(record)
-                if obj is not None:
-                    keep = oracle_class_mask(self.test_class_names, self.test_obj_classes[obj])
-                    keep_t = torch.as_tensor(keep, device=parts.device)[:, None, None]
-                    parts = torch.where(keep_t, parts, parts.new_tensor(-1.0))
+                parts = oracle_scores(parts, self.vocabulary, record_object_index(record))
                 results.append({"sem_seg": parts, "sem_seg_all": prob})
             return results
 
 
-# ------------------------------------------------------------------------------------ config
-def _check_dims(head: Any, expected: dict[str, Any], why: str) -> None:
-    """Fail early, naming every ``SEM_SEG_HEAD`` dimension that cannot match the built modules."""
-    wrong = []
-    for key, want in expected.items():
-        got = getattr(head, key)
-        got = list(got) if isinstance(want, list) else got
-        if got != want:
-            wrong.append(f"MODEL.SEM_SEG_HEAD.{key}={got!r} (expected {want!r})")
-    if wrong:
-        raise ConfigError(f"{why}:\n  " + "\n  ".join(wrong))
+# ------------------------------------------------------------------------------------ config helpers
+# MODEL_KEYS arguments both CAT-Seg generations take.
+_COMMON_ARGS = (
+    "ignore_value", "size_divisibility", "sliding_window", "clip_pixel_mean", "clip_pixel_std", "pixel_mean",
+    "pixel_std", "input_format", "inference_amp", "channels_last", "compile",
+)
+
+
+def _json_vocabulary(path_or_key: str) -> Vocabulary:
+    """CAT-Seg CVPR reads its vocabularies from ``*_CLASS_JSON`` files (semantic names)."""
+    return Vocabulary(load_class_json(path_or_key), name=path_or_key, parts=False)
 
 
 def _aggregator_from_config(cfg: Any, prompt_channel: int, pad_len: int) -> CATSegAggregator:
-    from .build import aggregator_kwargs
-
+    agg = config_map.aggregator_kwargs(cfg)
     return CATSegAggregator(
-        **aggregator_kwargs(cfg),
+        **agg,
         attention_type=cfg.MODEL.SEM_SEG_HEAD.ATTENTION_TYPE,
         prompt_channel=prompt_channel,
         pad_len=pad_len,
+        **config_map.inference_kwargs(cfg, agg),
     )
-
-
-def _common_kwargs(cfg: Any) -> dict[str, Any]:
-    return dict(
-        ignore_value=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-        size_divisibility=cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
-        sliding_window=cfg.TEST.SLIDING_WINDOW,
-        clip_pixel_mean=tuple(cfg.MODEL.CLIP_PIXEL_MEAN),
-        clip_pixel_std=tuple(cfg.MODEL.CLIP_PIXEL_STD),
-        pixel_mean=tuple(cfg.MODEL.PIXEL_MEAN),
-        pixel_std=tuple(cfg.MODEL.PIXEL_STD),
-        text_cache=TextFeatureCache(str(resolve_text_cache_dir(cfg))),
-    )
-
-
-def _cvpr_from_config(cfg: Any) -> CATSeg:
-    from .build import build_clip_from_config, clip_resolution_from_config
-
-    head = cfg.MODEL.SEM_SEG_HEAD
-    is_b16 = head.CLIP_PRETRAINED == "ViT-B/16"  # the official switch for resolution and hooked blocks
-    clip_model = build_clip_from_config(cfg)
-    split_qkv_projections(clip_model)
-    embed_dim = clip_model.text_projection.shape[-1]
-    _check_dims(
-        head,
-        {"TEXT_GUIDANCE_DIM": embed_dim, "APPEARANCE_GUIDANCE_DIM": embed_dim, "DECODER_GUIDANCE_DIMS": [256, 128]},
-        f"CAT-Seg (CVPR) with CLIP {head.CLIP_PRETRAINED!r} feeds its {embed_dim}-d dense CLIP features and "
-        f"the 256/128-channel upsample1/upsample2 outputs to the aggregator",
-    )
-    templates = get_templates(cfg.MODEL.PROMPT_ENSEMBLE_TYPE)
-    return CATSeg(
-        clip_model=clip_model,
-        aggregator=_aggregator_from_config(cfg, prompt_channel=len(templates), pad_len=256),
-        train_class_names=load_class_json(head.TRAIN_CLASS_JSON),
-        test_class_names=load_class_json(head.TEST_CLASS_JSON),
-        templates=templates,
-        guidance_layers=(3, 7) if is_b16 else (7, 15),
-        clip_resolution=clip_resolution_from_config(cfg),
-        clip_finetune=head.CLIP_FINETUNE,
-        **_common_kwargs(cfg),
-    )
-
-
-def _dataset_classes(dataset_name: str, key: str) -> list[str]:
-    try:
-        return list(getattr(MetadataCatalog.get(dataset_name), key))
-    except AttributeError:
-        raise KeyError(
-            f"Dataset {dataset_name!r} has no metadata '{key}'; the CAT-Seg baseline reads its vocabulary "
-            f"from MetadataCatalog.get(name).stuff_classes / obj_classes of a registered part dataset"
-        ) from None
-
-
-def _baseline_from_config(cfg: Any) -> CATSegBaseline:
-    from .build import build_clip_from_config, build_dinov2_from_config, clip_resolution_from_config
-
-    head = cfg.MODEL.SEM_SEG_HEAD
-    if not cfg.DATASETS.TRAIN:
-        raise ConfigError("the CAT-Seg baseline needs DATASETS.TRAIN[0] (its vocabulary)")
-    test_name = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else cfg.DATASETS.TRAIN[0]
-    g = head.FEATURE_RESOLUTION[0]
-    clip_model = build_clip_from_config(cfg)
-    embed_dim = clip_model.text_projection.shape[-1]
-    if cfg.MODEL.BACKBONE.NAME == "build_resnet_backbone":
-        # OV-PARTS / pre-CVPR CAT-Seg guidance: detectron2 ResNet on the image squashed to 384x384
-        res = cfg.MODEL.RESNETS
-        backbone = ResNetBackbone(
-            depth=res.DEPTH, out_features=tuple(res.OUT_FEATURES), stem_out_channels=res.STEM_OUT_CHANNELS,
-            res2_out_channels=res.RES2_OUT_CHANNELS, stride_in_1x1=res.STRIDE_IN_1X1, input_size=384,
-        )
-        expected = {
-            "TEXT_GUIDANCE_DIM": embed_dim,
-            "APPEARANCE_GUIDANCE_DIM": backbone.channels["res4"],
-            "DECODER_GUIDANCE_DIMS": [backbone.channels["res3"], backbone.channels["res2"]],
-        }
-        why = f"the CAT-Seg baseline feeds {embed_dim}-d CLIP text features and ResNet res4/res3/res2 maps"
-    elif cfg.MODEL.BACKBONE.NAME == "DINOv2Backbone":
-        backbone = build_dinov2_from_config(cfg)
-        dino_dim = backbone.embed_dim
-        expected = {
-            "TEXT_GUIDANCE_DIM": embed_dim,
-            "APPEARANCE_GUIDANCE_DIM": dino_dim,
-            "DECODER_GUIDANCE_DIMS": [dino_dim, dino_dim],
-        }
-        why = f"the CAT-Seg baseline feeds {embed_dim}-d CLIP text features and {dino_dim}-d DINOv2 maps"
-    else:
-        raise ConfigError(
-            f"MODEL.BACKBONE.NAME={cfg.MODEL.BACKBONE.NAME!r} is not supported by the CAT-Seg baseline; "
-            "expected 'DINOv2Backbone' or 'build_resnet_backbone'"
-        )
-    _check_dims(head, expected, why + " to the aggregator")
-    templates = get_templates(cfg.MODEL.PROMPT_ENSEMBLE_TYPE)
-    return CATSegBaseline(
-        backbone=backbone,
-        clip_model=clip_model,
-        aggregator=_aggregator_from_config(cfg, prompt_channel=len(templates), pad_len=0),
-        train_class_names=_dataset_classes(cfg.DATASETS.TRAIN[0], "stuff_classes"),
-        test_class_names=_dataset_classes(test_name, "stuff_classes"),
-        test_obj_classes=_dataset_classes(test_name, "obj_classes"),
-        templates=templates,
-        bg_on=head.BG_ON,
-        clip_finetune=head.CLIP_FINETUNE,
-        finetune_backbone=cfg.SOLVER.BACKBONE_MULTIPLIER > 0,
-        clip_resolution=clip_resolution_from_config(cfg),
-        **_common_kwargs(cfg),
-    )
-
-
-def catseg_from_config(cfg: Any) -> nn.Module:
-    """Build the CAT-Seg variant ``resolve_catseg_variant(cfg)`` names (on the CPU, random weights).
-
-    "cvpr2024" -> :class:`CATSeg`; "partcatseg_baseline" -> :class:`CATSegBaseline` (DINOv2 guidance).
-    """
-    variant = resolve_catseg_variant(cfg)
-    if variant == "partcatseg_baseline":
-        return _baseline_from_config(cfg)
-    if variant != "cvpr2024":
-        raise ConfigError(f"MODEL.CATSEG_VARIANT={variant!r}: expected 'cvpr2024' or 'partcatseg_baseline'")
-    return _cvpr_from_config(cfg)

@@ -1,7 +1,7 @@
 """PartCATSeg training losses (sigmoid BCE per head + the compositional JSD term).
 
 Kept separate from the network so the exact target construction — which decides what the released
-weights learned — can be read and tested on its own.  See spec §1.5.
+weights learned — can be read and tested on its own.
 """
 from __future__ import annotations
 

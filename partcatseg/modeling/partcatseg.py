@@ -1,27 +1,35 @@
 """PartCATSeg meta-architecture: CLIP + DINOv2 guidance + two-stage part cost aggregation.
 
-Inputs and outputs follow detectron2's convention (a list of per-image dicts).  Everything that
-depends on a dataset — the vocabularies and the object list used for Oracle-Obj — is passed in as
-plain lists, so the same weights serve the paper's datasets, the toy set and a user's own words.
+Inputs and outputs follow the model protocol (:mod:`partcatseg.modeling.meta_arch`).  Everything that
+depends on a dataset — the vocabularies and the object list used for Oracle-Obj — comes in as
+:class:`~partcatseg.vocab.Vocabulary` objects, so the same weights serve the paper's datasets, the toy
+set and a user's own words.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
 
-from ..vocab import PartVocabulary, oracle_class_mask
+from ..vocab import Vocabulary, label_maps
+from . import config_map
 from .clip import encode_image_dense
 from .dinov2 import DINOv2Backbone
 from .losses import partcatseg_losses
+from .meta_arch import META_ARCH_REGISTRY, SegmentationModel, oracle_scores, record_object_index
 from .part_aggregator import PartAggregator
 from .preprocess import normalize_pad_resize, resize_to_output
-from .speed import autocast_context
-from .text import TextFeatureCache, text_tower_fingerprint
+from .pretrained import clip_and_dinov2, fill_pretrained
+from .speed import apply_channels_last, autocast_context, compile_modules
+from .text import TextFeatureCache, forget_text_fingerprint, text_tower_fingerprint
 
-__all__ = ["PartCATSeg", "PartCATSegHead", "PartCATSegPredictor", "VocabTensors"]
+__all__ = ["PartCATSeg", "PartCATSegHead", "PartCATSegPredictor", "VocabTensors", "set_clip_trainable", "LABEL_SENTINEL"]
+
+# Label lookup tables cover every 16-bit id; ids without an entry map to this value. It only marks
+# "no entry", so the dataset's own ignore id (255 or 65535) does not need to be known.
+LABEL_SENTINEL = 65535
 
 
 class PartCATSegPredictor(nn.Module):
@@ -50,28 +58,33 @@ class PartCATSegHead(nn.Module):
 class VocabTensors:
     """A part vocabulary made ready for the network: text features and index maps on a device."""
 
-    vocab: PartVocabulary
+    vocab: Vocabulary
     text_part_obj: torch.Tensor  # (Np + No + 1, P, C): parts ++ objects ++ background
     text_specific: torch.Tensor  # (Nop + 1, P, C): object-specific parts ++ background
     class_to_part: torch.Tensor  # (Nop,)
     class_to_object: torch.Tensor  # (Nop,)
 
 
-class PartCATSeg(nn.Module):
+@META_ARCH_REGISTRY.register()
+class PartCATSeg(SegmentationModel):
     """Open-vocabulary part segmentation (Choi et al., CVPR 2025).
 
     Args:
         backbone: DINOv2 guidance backbone (``backbone.dinov2.*`` keys).
         clip_model: open_clip CLIP (frozen unless ``clip_finetune`` says otherwise).
         aggregator: the two-stage :class:`PartAggregator`.
-        train_vocab / test_vocab: object-specific part vocabularies ("cat's head", ...).
-        train_obj_classes: object list whose ids appear in training ``sem_seg`` maps.
-        test_obj_classes: object list that inference's ``object_class`` indexes (Oracle-Obj).
+        train_vocabulary / test_vocabulary: part vocabularies ("cat's head", ...); their ``objects``
+            are the object lists that training ``sem_seg`` ids and inference ``object_class`` index.
         templates: prompt templates (80 ImageNet ones officially).
         ignore_value: ignore id of training part maps (``SEM_SEG_HEAD.IGNORE_VALUE``).
-        ignore_label: ignore id of the (test) dataset; sizes the label lookup tables.
         text_cache: where text features are cached.
+        inference_amp: ``TEST.AMP`` autocast at inference ("", "bf16", "fp16").
+        channels_last / compile: the opt-in speed modes of :mod:`partcatseg.modeling.speed`.
+        pretrained_weights: ``{"dinov2": ..., "clip": ...}`` weights names or paths that
+            :meth:`load_pretrained` reads when training from scratch (never at construction).
     """
+
+    task = "part"
 
     def __init__(
         self,
@@ -79,13 +92,10 @@ class PartCATSeg(nn.Module):
         backbone: DINOv2Backbone,
         clip_model: nn.Module,
         aggregator: PartAggregator,
-        train_vocab: PartVocabulary,
-        test_vocab: PartVocabulary,
-        train_obj_classes: Sequence[str],
-        test_obj_classes: Sequence[str],
+        train_vocabulary: Vocabulary,
+        test_vocabulary: Vocabulary,
         templates: Sequence[str],
         ignore_value: int = 255,
-        ignore_label: int = 255,
         bg_on: bool = True,
         clip_finetune: str = "",
         pixel_mean: Sequence[float] = (123.675, 116.28, 103.53),
@@ -96,33 +106,72 @@ class PartCATSeg(nn.Module):
         clip_resolution: tuple[int, int] = (384, 384),
         text_cache: Optional[TextFeatureCache] = None,
         copy_stage_weights: bool = True,
+        input_format: str = "RGB",
+        inference_amp: str = "",
+        channels_last: bool = False,
+        compile: bool = False,
+        pretrained_weights: Optional[dict[str, str]] = None,
     ) -> None:
-        super().__init__()
+        super().__init__(train_vocabulary=train_vocabulary, test_vocabulary=test_vocabulary, input_format=input_format)
+        self.pretrained_weights = dict(pretrained_weights or {})
         self.backbone = backbone
         self.sem_seg_head = PartCATSegHead(PartCATSegPredictor(clip_model, aggregator, bg_on))
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self.register_buffer("clip_pixel_mean", torch.tensor(clip_pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("clip_pixel_std", torch.tensor(clip_pixel_std).view(-1, 1, 1), False)
-        self.train_vocab = train_vocab
-        self.test_vocab = test_vocab
-        self.train_obj_classes = list(train_obj_classes)
-        self.test_obj_classes = list(test_obj_classes)
         self.templates = list(templates)
         self.ignore_value = ignore_value
-        self.ignore_label = ignore_label
         self.bg_on = bg_on
         self.size_divisibility = size_divisibility
         self.clip_resolution = tuple(clip_resolution)
         self.text_cache = text_cache or TextFeatureCache(None)
         self._vocab_tensors: dict[tuple, VocabTensors] = {}
-        self.inference_amp = ""  # TEST.AMP (see .speed); "" = fp32
+        self.inference_amp = inference_amp
         self._train_maps: Optional[tuple[torch.Tensor, torch.Tensor]] = None
 
         set_clip_trainable(clip_model, clip_finetune)
         if copy_stage_weights:
             aggregator.copy_stage_weights()
         aggregator.layers_object.requires_grad_(False)
+        autocast_context(self.device, inference_amp)  # validates the mode now, not at the first image
+        if channels_last:
+            apply_channels_last(self)
+        if compile:
+            compile_modules([aggregator, backbone, clip_model.visual])
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> dict[str, Any]:
+        agg = config_map.aggregator_kwargs(cfg)
+        templates = config_map.templates_from_config(cfg)
+        # ATTENTION_TYPE is read but ignored by the official aggregator: its class attention is always
+        # the "query" (class-competition) variant.
+        aggregator = PartAggregator(
+            **agg, attention_type="query", prompt_channel=len(templates), **config_map.inference_kwargs(cfg, agg)
+        )
+        return dict(
+            backbone=config_map.dinov2_from_config(cfg),
+            clip_model=config_map.clip_from_config(cfg),
+            aggregator=aggregator,
+            templates=templates,
+            clip_resolution=config_map.clip_resolution_from_config(cfg),
+            text_cache=config_map.text_cache_from_config(cfg),
+            pretrained_weights=config_map.pretrained_from_config(cfg),
+            **config_map.vocabularies_from_config(cfg),
+            **config_map.config_values(
+                cfg, config_map.MODEL_KEYS, "ignore_value", "bg_on", "clip_finetune", "pixel_mean", "pixel_std",
+                "clip_pixel_mean", "clip_pixel_std", "size_divisibility", "input_format", "inference_amp",
+                "channels_last", "compile",
+            ),
+        )
+
+    def load_pretrained(self, missing=None) -> list[str]:
+        return fill_pretrained(self, clip_and_dinov2(self.clip_model, self.backbone, self.pretrained_weights), missing)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "stage1_classes": self.vocabulary.num_text_classes_stage1,
+                "stage2_classes": self.vocabulary.num_text_classes_stage2, "templates": len(self.templates),
+                "class_chunk": self.aggregator.class_chunk, "inference_amp": self.inference_amp or "fp32"}
 
     # ----------------------------------------------------------------- properties
     @property
@@ -144,7 +193,7 @@ class PartCATSeg(nn.Module):
         emb = emb / emb.norm(dim=-1, keepdim=True)
         return emb.unsqueeze(1).expand(1, num_templates, -1)
 
-    def vocab_tensors(self, vocab: PartVocabulary) -> VocabTensors:
+    def vocab_tensors(self, vocab: Vocabulary) -> VocabTensors:
         """Text features and index maps of ``vocab`` (computed once, then cached)."""
         names = tuple(vocab.classes)
         bg_version = self.sem_seg_head.predictor.non_object_embedding._version if self.bg_on else 0
@@ -169,10 +218,13 @@ class PartCATSeg(nn.Module):
         self._vocab_tensors = {key: tensors, **{k: v for k, v in self._vocab_tensors.items() if k[0] != names}}
         return tensors
 
-    def set_test_vocabulary(self, vocab: PartVocabulary, obj_classes: Optional[Sequence[str]] = None) -> None:
-        """Change what inference segments (no retraining: the vocabulary is an input)."""
-        self.test_vocab = vocab
-        self.test_obj_classes = list(obj_classes) if obj_classes is not None else list(vocab.object_classes)
+    def prepare_vocabulary(self, vocabulary: Optional[Vocabulary] = None, *, refresh: bool = False) -> None:
+        if refresh:
+            self._vocab_tensors = {}
+            self.text_cache.clear_memory()
+            forget_text_fingerprint(self.clip_model)
+        with torch.no_grad():
+            self.vocab_tensors(self._check_vocabulary(vocabulary) if vocabulary is not None else self.vocabulary)
 
     # ----------------------------------------------------------------- features
     def extract_features(self, images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, dict]:
@@ -211,7 +263,7 @@ class PartCATSeg(nn.Module):
             clip_feats, dino_feats = self.extract_features(images)
             return self._losses(batched_inputs, clip_feats, dino_feats)
         with torch.no_grad():
-            tensors = self.vocab_tensors(self.test_vocab)  # fp32, outside autocast (it is cached)
+            tensors = self.vocab_tensors(self.vocabulary)  # fp32, outside autocast (it is cached)
             with autocast_context(self.device, self.inference_amp):
                 clip_feats, dino_feats = self.extract_features(images)
                 # the stage-1 logits are a training signal only: their decoder is skipped here
@@ -220,9 +272,7 @@ class PartCATSeg(nn.Module):
 
     def _train_lookup(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._train_maps is None or self._train_maps[0].device != self.device:
-            from ..vocab import label_maps
-
-            maps = label_maps(self.train_vocab, self.train_obj_classes, self.ignore_label)
+            maps = label_maps(self.train_vocabulary, LABEL_SENTINEL)
             self._train_maps = (
                 torch.as_tensor(maps.text_to_part_map, dtype=torch.long, device=self.device),
                 torch.as_tensor(maps.obj_to_obj_in_part_map, dtype=torch.long, device=self.device),
@@ -230,33 +280,23 @@ class PartCATSeg(nn.Module):
         return self._train_maps
 
     def _losses(self, batched_inputs, clip_feats, dino_feats) -> dict[str, torch.Tensor]:
-        tensors = self.vocab_tensors(self.train_vocab)
+        vocab = self.train_vocabulary
+        tensors = self.vocab_tensors(vocab)
         part_obj, specific, costs = self.head(clip_feats, dino_feats, tensors)
         targets = torch.stack([x["obj_part_sem_seg"] for x in batched_inputs]).to(self.device).long()
         obj_targets = torch.stack([x["sem_seg"] for x in batched_inputs]).to(self.device).long()
         text_to_part, obj_to_obj_in_part = self._train_lookup()
-        terms = partcatseg_losses(
+        return partcatseg_losses(
             part_obj, specific, costs, targets, obj_targets,
             text_to_part=text_to_part,
             obj_to_obj_in_part=obj_to_obj_in_part,
             class_to_object=tensors.class_to_object,
-            num_parts=len(self.train_vocab.part_classes),
-            num_objects=len(self.train_vocab.object_classes),
+            num_parts=len(vocab.part_classes),
+            num_objects=len(vocab.object_classes),
             ignore_value=self.ignore_value,
-            ignore_label=self.ignore_label,
+            ignore_label=LABEL_SENTINEL,
             bg_on=self.bg_on,
         )
-        self.last_loss_terms = {k: v for k, v in terms.items() if k.startswith("term_")}
-        return {"loss_sem_seg": terms["loss_sem_seg"]}
-
-    def object_index(self, record: dict) -> Optional[int]:
-        """The Oracle-Obj object id of a record: ``object_class``, else detectron2 ``instances``."""
-        if record.get("object_class") is not None:
-            return int(record["object_class"])
-        instances = record.get("instances")
-        if instances is not None and hasattr(instances, "gt_classes") and len(instances.gt_classes):
-            return int(instances.gt_classes[0])
-        return None
 
     @torch.no_grad()
     def _postprocess(self, batched_inputs, logits: torch.Tensor) -> list[dict]:
@@ -268,13 +308,7 @@ class PartCATSeg(nn.Module):
             width = int(record.get("width", record["image"].shape[-1]))
             prob_all = resize_to_output(prob, height, width)
             parts = prob_all[:-1] if self.bg_on else prob_all
-            obj = self.object_index(record)
-            if obj is not None:
-                # Oracle-Obj: classes whose name lacks the object's name (substring rule) score -1
-                allowed = oracle_class_mask(self.test_vocab.classes, self.test_obj_classes[obj])
-                dropped = [i for i, keep in enumerate(allowed) if not keep]
-                parts = parts.clone()
-                parts[dropped] = -1.0
+            parts = oracle_scores(parts, self.vocabulary, record_object_index(record))
             results.append({"sem_seg": parts, "sem_seg_all": prob_all})
         return results
 

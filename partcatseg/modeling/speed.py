@@ -13,16 +13,20 @@
 * **torch.compile** (``MODEL.COMPILE``): the encoders and the aggregator are compiled in place
   (``nn.Module.compile``: state-dict keys unchanged); the first calls pay the compilation.
 
-The accuracy deltas of the opt-in modes against fp32 are measured by ``tools/benchmark.py
---phases accuracy`` (:mod:`partcatseg.benchmark_accuracy`) and reported in the README.
+The meta-architectures take these as constructor arguments (``class_chunk`` for the aggregator,
+``inference_amp``, ``channels_last``, ``compile``), mapped from the config in
+:mod:`partcatseg.modeling.config_map`. The accuracy deltas of the opt-in modes against fp32 are
+measured by ``tools/benchmark.py --phases accuracy`` and reported in the README.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ContextManager
+from typing import Any, ContextManager, Iterable, Optional, Sequence
 
 import torch
 from torch import nn
+
+from ..config.defaults import AMP_MODES
 
 __all__ = [
     "AUTO_CHUNK_BYTES",
@@ -33,8 +37,7 @@ __all__ = [
     "amp_dtype",
     "autocast_context",
     "apply_channels_last",
-    "compile_in_place",
-    "configure_inference",
+    "compile_modules",
 ]
 
 # TEST.CLASS_CHUNK = 0 sizes slices so that one slice's cost embedding takes about this many bytes:
@@ -44,32 +47,34 @@ AUTO_CHUNK_BYTES = 16 * 24 * 24 * 128 * 4
 # A GPU needs larger slices to stay busy: 128 full-size classes per slice (memory stays bounded).
 # Not tuned on a GPU here (none available); set TEST.CLASS_CHUNK to override.
 AUTO_CHUNK_BYTES_CUDA = 8 * AUTO_CHUNK_BYTES
-AMP_MODES = ("", "bf16", "fp16")
+# The mode names are the config's (TEST.AMP, SOLVER.AMP.DTYPE); this is their one torch dtype table.
+_AMP_DTYPES: dict[str, Optional[torch.dtype]] = dict(zip(AMP_MODES, (None, torch.bfloat16, torch.float16)))
 
 
-def auto_class_chunk(aggregator: nn.Module, device: str = "cpu") -> int:
-    """Classes per slice for ``aggregator`` under :data:`AUTO_CHUNK_BYTES` (``_CUDA`` on a GPU)."""
-    h, w = aggregator.layers[0].swin_block.block_1.input_resolution
+def auto_class_chunk(feature_resolution: Sequence[int], hidden_dim: int, device: str = "cpu") -> int:
+    """Classes per slice for an aggregator of this size under :data:`AUTO_CHUNK_BYTES` (``_CUDA`` on a GPU)."""
+    h, w = feature_resolution
     budget = AUTO_CHUNK_BYTES_CUDA if str(device).startswith("cuda") else AUTO_CHUNK_BYTES
-    return max(1, budget // (h * w * aggregator.hidden_dim * 4))
+    return max(1, budget // (h * w * hidden_dim * 4))
 
 
-def resolve_class_chunk(value: int, aggregator: nn.Module, device: str = "cpu") -> int:
+def resolve_class_chunk(value: int, feature_resolution: Sequence[int], hidden_dim: int, device: str = "cpu") -> int:
     """``TEST.CLASS_CHUNK`` -> classes per slice (0 = :func:`auto_class_chunk`)."""
     value = int(value)
     if value < 0:
         raise ValueError(f"TEST.CLASS_CHUNK={value}: expected 0 (automatic) or a positive number of classes")
-    return value or auto_class_chunk(aggregator, device)
+    return value or auto_class_chunk(feature_resolution, hidden_dim, device)
 
 
-def amp_dtype(mode: str) -> torch.dtype | None:
-    """``""`` -> None (fp32), ``"bf16"`` -> bfloat16, ``"fp16"`` -> float16."""
-    if mode not in AMP_MODES:
-        raise ValueError(f"TEST.AMP={mode!r}: expected one of {list(AMP_MODES)} ('' = fp32)")
-    return {"": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+def amp_dtype(mode: Optional[str]) -> Optional[torch.dtype]:
+    """``""``/None -> None (fp32), ``"bf16"`` -> bfloat16, ``"fp16"`` -> float16."""
+    mode = mode or ""
+    if mode not in _AMP_DTYPES:
+        raise ValueError(f"AMP mode {mode!r}: expected one of {list(AMP_MODES)} ('' = fp32)")
+    return _AMP_DTYPES[mode]
 
 
-def autocast_context(device: torch.device | str, mode: str) -> ContextManager:
+def autocast_context(device: torch.device | str, mode: Optional[str]) -> ContextManager:
     """``torch.autocast`` for ``mode`` on ``device`` (a no-op context for fp32)."""
     dtype = amp_dtype(mode)
     if dtype is None:
@@ -79,37 +84,11 @@ def autocast_context(device: torch.device | str, mode: str) -> ContextManager:
 
 def apply_channels_last(model: nn.Module) -> nn.Module:
     """Store 4-D parameters/buffers in channels-last order (values and keys unchanged)."""
-    model.to(memory_format=torch.channels_last)
-    model.channels_last = True
-    return model
+    return model.to(memory_format=torch.channels_last)
 
 
-def compile_in_place(model: nn.Module, **kwargs: Any) -> nn.Module:
-    """Compile the encoders and the aggregator of a PartCATSeg/CAT-Seg model in place.
-
-    ``nn.Module.compile`` keeps the module tree, so checkpoints load and save unchanged.
-    """
-    targets = [getattr(model, "aggregator", None), getattr(model, "backbone", None)]
-    clip_model = getattr(model, "clip_model", None)
-    if clip_model is not None:
-        targets.append(clip_model.visual)
-    for module in targets:
-        if isinstance(module, nn.Module):
+def compile_modules(modules: Iterable[Optional[nn.Module]], **kwargs: Any) -> None:
+    """``nn.Module.compile`` each module in place: the module tree, and so the checkpoint keys, stay."""
+    for module in modules:
+        if module is not None:
             module.compile(**kwargs)
-    return model
-
-
-def configure_inference(model: nn.Module, cfg: Any) -> nn.Module:
-    """Apply ``TEST.CLASS_CHUNK``, ``TEST.AMP``, ``MODEL.CHANNELS_LAST`` and ``MODEL.COMPILE``."""
-    from ..config import resolve_device
-
-    aggregator = getattr(model, "aggregator", None)
-    if aggregator is not None and hasattr(aggregator, "class_chunk"):
-        aggregator.class_chunk = resolve_class_chunk(cfg.TEST.CLASS_CHUNK, aggregator, resolve_device(cfg))
-    amp_dtype(cfg.TEST.AMP)  # validate
-    model.inference_amp = cfg.TEST.AMP
-    if cfg.MODEL.CHANNELS_LAST:
-        apply_channels_last(model)
-    if cfg.MODEL.COMPILE:
-        compile_in_place(model)
-    return model

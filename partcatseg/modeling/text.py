@@ -134,6 +134,10 @@ class TextFeatureCache:
         self.cache_dir = os.path.expanduser(cache_dir) if cache_dir else None
         self._memory: dict[str, torch.Tensor] = {}
 
+    def clear_memory(self) -> None:
+        """Forget the in-memory level (the next ``get`` reads the disk cache, as a new process would)."""
+        self._memory.clear()
+
     @staticmethod
     def key(fingerprint: str, names: Sequence[str], templates: Sequence[str], synonyms: str) -> str:
         h = hashlib.sha256()

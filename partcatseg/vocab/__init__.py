@@ -1,14 +1,13 @@
-"""Vocabulary: the only place that knows class names, base/novel splits and prompt templates.
+"""Vocabulary: the only place that knows class names, dataset splits and prompt templates.
 
-* ``templates``  – CLIP prompt templates (``get_templates("imagenet")`` -> the 80 OpenAI templates).
-* ``datasets``   – official class lists of the part datasets (Pascal-Part-116, ADE20K-Part-234,
-  PartImageNet, PartImageNet-OOD) and CAT-Seg's semantic vocabularies (COCO-Stuff-171, A-150, A-847,
-  PC-59, PC-459, PAS-20, PAS-20b).
-* ``parts``      – ``PartVocabulary`` (generalized parts / objects derived from "obj's part" names),
+* ``vocabulary`` – :class:`Vocabulary`, the one vocabulary type (class names, the object list that
+  Oracle-Obj indexes, and for parts the generalized parts / objects derived from "obj's part" names),
   the official label maps and the Oracle-Obj substring rule.
-
-Dataset *names* (``voc_obj_part_sem_seg_train`` ...) live in ``partcatseg.data.catalog``; use
-``part_vocabulary_for(name)`` (defined in ``partcatseg.data.catalog``, re-exported here) to get the vocabulary of a registered split.
+* ``datasets``   – class lists of the part datasets (Pascal-Part-116, ADE20K-Part-234, PartImageNet,
+  PartImageNet-OOD, the toy set) and CAT-Seg's semantic vocabularies (COCO-Stuff-171, A-150, ...).
+* ``registry``   – official dataset names -> their split and vocabulary (:func:`dataset_vocabulary`).
+* ``parse``      – a user's vocabulary in any written form -> :class:`Vocabulary`.
+* ``templates``  – CLIP prompt templates (``get_templates("imagenet")`` -> the 80 OpenAI templates).
 """
 from .datasets import (
     PART_DATASETS,
@@ -20,7 +19,18 @@ from .datasets import (
     get_semantic_classes,
     load_class_json,
 )
-from .parts import LabelMaps, PartVocabulary, label_maps, oracle_class_mask, parse_object_parts
+from .parse import TASKS, VocabularyError, parse_class_list, parse_object_parts, resolve_vocabulary
+from .registry import (
+    PART_DATASET_NAMES,
+    SEMANTIC_DATASET_NAMES,
+    TOY_DATASET_NAMES,
+    DatasetSplit,
+    dataset_split,
+    dataset_vocabulary,
+    dataset_vocabulary_key,
+    register_dataset_vocabulary,
+    register_vocabulary_provider,
+)
 from .templates import (
     IMAGENET_TEMPLATES,
     IMAGENET_TEMPLATES_SELECT,
@@ -28,8 +38,29 @@ from .templates import (
     TEMPLATE_KINDS,
     get_templates,
 )
+from .vocabulary import SEP, LabelMaps, Vocabulary, label_maps, oracle_class_mask, split_part_name
 
 __all__ = [
+    "Vocabulary",
+    "VocabularyError",
+    "TASKS",
+    "SEP",
+    "split_part_name",
+    "LabelMaps",
+    "label_maps",
+    "oracle_class_mask",
+    "parse_object_parts",
+    "parse_class_list",
+    "resolve_vocabulary",
+    "DatasetSplit",
+    "PART_DATASET_NAMES",
+    "TOY_DATASET_NAMES",
+    "SEMANTIC_DATASET_NAMES",
+    "dataset_split",
+    "dataset_vocabulary",
+    "dataset_vocabulary_key",
+    "register_dataset_vocabulary",
+    "register_vocabulary_provider",
     "IMAGENET_TEMPLATES",
     "IMAGENET_TEMPLATES_SELECT",
     "SINGLE_TEMPLATE",
@@ -42,21 +73,5 @@ __all__ = [
     "get_part_dataset",
     "get_semantic_classes",
     "load_class_json",
-    "PartVocabulary",
-    "LabelMaps",
-    "label_maps",
-    "oracle_class_mask",
-    "parse_object_parts",
     "coco_stuff_dataset_ids",
-    "part_vocabulary_for",
 ]
-
-
-def __getattr__(name: str):
-    # part_vocabulary_for lives with the dataset names in partcatseg.data.catalog; importing it
-    # lazily keeps vocab free of a data -> vocab -> data import cycle.
-    if name == "part_vocabulary_for":
-        from partcatseg.data.catalog import part_vocabulary_for
-
-        return part_vocabulary_for
-    raise AttributeError(f"module 'partcatseg.vocab' has no attribute {name!r}")

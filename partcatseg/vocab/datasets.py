@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from .vocabulary import split_part_name
+
 _DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 PART_DATASETS: tuple[str, ...] = ("pascal_part_116", "ade_part_234", "partimagenet", "partimagenet_ood")
@@ -61,7 +63,7 @@ def _check_name_list(names: Any, where: str) -> list[str]:
 
 
 def _object_of(name: str) -> str:
-    return name.split("'s", 1)[0]
+    return split_part_name(name)[0]
 
 
 @dataclass(frozen=True)
@@ -128,11 +130,11 @@ def get_part_dataset(key: str) -> PartDatasetClasses:
     unknown = [o for o in novel if o not in objects]
     if unknown:
         raise ValueError(f"{path}: novel objects {unknown} are not in obj_classes")
-    parts = sorted({c.split("'s")[1].strip() for c in classes})
+    parts = sorted({split_part_name(c)[1] for c in classes})
     if "part_base_classes_exclude" in raw:  # Pascal: the official list just drops "chainwheel"
         part_base = [p for p in parts if p not in raw["part_base_classes_exclude"]]
     else:
-        part_base = sorted({c.split("'s")[1].strip() for c in classes if _object_of(c) not in novel})
+        part_base = sorted({split_part_name(c)[1] for c in classes if _object_of(c) not in novel})
     return PartDatasetClasses(
         key=key,
         class_names=tuple(classes),

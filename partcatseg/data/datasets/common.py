@@ -101,7 +101,7 @@ def replace_path_component(path: str, old: str, new: str) -> str:
     """Replace the last directory component equal to ``old`` by ``new``.
 
     Used instead of the official ``str.replace('part', 'obj')`` on whole paths, which also rewrites any
-    "part" inside the dataset root (spec §10.16).
+    "part" inside the dataset root (e.g. ``/data/partimagenet/...``).
     """
     parts = list(PurePath(path).parts)
     for i in range(len(parts) - 2, -1, -1):  # directories only, never the file name itself

@@ -19,7 +19,7 @@ import os
 import shutil
 from typing import Any, Optional
 
-from partcatseg.vocab import get_part_dataset
+from partcatseg.vocab import get_part_dataset, split_part_name
 
 from .partimagenet import imagenet_synset_names
 
@@ -83,7 +83,7 @@ def partimagenet_class_map() -> list[dict[str, Any]]:
     superclass = {o: s for s, objs in SUPERCLASS_OBJ_CLASSES.items() for o in objs}
     out = []
     for i, name in enumerate(get_part_dataset("partimagenet").class_names):
-        obj = name.split("'s", 1)[0]
+        obj = split_part_name(name)[0]
         if obj in _CLASS_MAP_OMITTED_OBJECTS:
             continue
         out.append({"id": i, "name": name, "superclass": superclass[obj]})

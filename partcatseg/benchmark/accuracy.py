@@ -2,8 +2,9 @@
 
 Used by the benchmark's ``accuracy`` phase (``tools/benchmark.py --phases accuracy``) and by the
 slow test that guards the README's figures.  The reference is the model as built (fp32, automatic
-class chunk); every mode is applied to the same weights and the same record, and compared on the
-probabilities of all classes (``sem_seg_all``):
+class chunk); every mode is a model built with that mode's config keys (:data:`MODE_OPTS`) and the
+same weights, run on the same record and compared on the probabilities of all classes
+(``sem_seg_all``; ``sem_seg`` for semantic models):
 
 * ``one_pass``      class chunking off (all classes at once): shows chunking is exact;
 * ``bf16``/``fp16`` ``TEST.AMP`` autocast;
@@ -16,13 +17,12 @@ than the reduced-precision error (see ``ref_top2_margin_median``), so it mostly 
 """
 from __future__ import annotations
 
-import copy
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["ACCURACY_MODES", "DEFAULT_ACCURACY_MODES", "compare_outputs", "mode_deltas"]
+__all__ = ["ACCURACY_MODES", "DEFAULT_ACCURACY_MODES", "MODE_OPTS", "compare_outputs", "mode_deltas", "load_fixture"]
 
 ACCURACY_MODES = ("one_pass", "bf16", "fp16", "channels_last", "compile")
 DEFAULT_ACCURACY_MODES = ("one_pass", "bf16", "fp16", "channels_last")
@@ -56,51 +56,50 @@ def _top2_margin(maps: Sequence[torch.Tensor]) -> float:
 
 def _probabilities(model: nn.Module, records: list[dict]) -> list[torch.Tensor]:
     with torch.no_grad():
-        return [r["sem_seg_all"].float().cpu() for r in model(records)]
+        outputs = model(records)
+    key = "sem_seg_all" if model.task == "part" else "sem_seg"
+    return [r[key].float().cpu() for r in outputs]
 
 
-def _with_setting(model: nn.Module, target: Any, attr: str, value: Any) -> Callable[[list[dict]], list[torch.Tensor]]:
-    """Run ``model`` with ``target.attr = value`` for the call only."""
-
-    def run(records: list[dict]) -> list[torch.Tensor]:
-        old = getattr(target, attr)
-        setattr(target, attr, value)
-        try:
-            return _probabilities(model, records)
-        finally:
-            setattr(target, attr, old)
-
-    return run
+# mode -> the config keys that select it (a model built with them, the reference's weights loaded)
+MODE_OPTS: dict[str, tuple[str, ...]] = {
+    "one_pass": ("TEST.CLASS_CHUNK", str(1 << 30)),
+    "bf16": ("TEST.AMP", "bf16"),
+    "fp16": ("TEST.AMP", "fp16"),
+    "channels_last": ("MODEL.CHANNELS_LAST", "True"),
+    "compile": ("MODEL.COMPILE", "True"),
+}
 
 
-def _on_copy(model: nn.Module, transform: Callable[[nn.Module], nn.Module]) -> Callable[[list[dict]], list[torch.Tensor]]:
-    def run(records: list[dict]) -> list[torch.Tensor]:
-        return _probabilities(transform(copy.deepcopy(model)), records)
-
-    return run
-
-
-def mode_deltas(model: nn.Module, records: list[dict], modes: Sequence[str] = DEFAULT_ACCURACY_MODES) -> dict[str, Any]:
+def mode_deltas(
+    model: nn.Module,
+    build: Callable[[Sequence[str]], nn.Module],
+    records: list[dict],
+    modes: Sequence[str] = DEFAULT_ACCURACY_MODES,
+) -> dict[str, Any]:
     """Each mode's :func:`compare_outputs` against ``model``'s own outputs on ``records``.
 
-    ``model`` is left as it was (modes that change the module run on a deep copy).
+    ``build(opts)`` returns a model configured with the extra config ``opts`` and ``model``'s weights.
     """
-    from .modeling.speed import apply_channels_last, compile_in_place
-
     unknown = [m for m in modes if m not in ACCURACY_MODES]
     if unknown:
         raise ValueError(f"unknown accuracy modes {unknown}; expected some of {list(ACCURACY_MODES)}")
-    model = model.eval()
-    ref = _probabilities(model, records)
-    runners = {
-        "one_pass": lambda: _with_setting(model, model.aggregator, "class_chunk", 1 << 30),
-        "bf16": lambda: _with_setting(model, model, "inference_amp", "bf16"),
-        "fp16": lambda: _with_setting(model, model, "inference_amp", "fp16"),
-        "channels_last": lambda: _on_copy(model, apply_channels_last),
-        "compile": lambda: _on_copy(model, compile_in_place),
-    }
-    out: dict[str, Any] = {"reference": {"top2_margin_median": _top2_margin(ref),
-                                         "class_chunk": getattr(model.aggregator, "class_chunk", None)}}
+    ref = _probabilities(model.eval(), records)
+    out: dict[str, Any] = {"reference": {"top2_margin_median": _top2_margin(ref), **model.describe()}}
     for mode in modes:
-        out[mode] = compare_outputs(runners[mode]()(records), ref)
+        variant = build(MODE_OPTS[mode]).eval()
+        out[mode] = compare_outputs(_probabilities(variant, records), ref)
+        del variant
     return out
+
+
+def load_fixture(path: str) -> dict[str, Any]:
+    """A parity fixture's image, object and config options (tensors and plain data only)."""
+    try:
+        fx = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"parity fixture not found: {path}") from None
+    missing = [k for k in ("config", "opts", "image", "height", "width", "gt_object_class") if k not in fx]
+    if missing:
+        raise KeyError(f"{path} is not a parity fixture: missing keys {missing}")
+    return fx

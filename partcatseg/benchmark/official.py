@@ -9,7 +9,7 @@ files, however, only need torch/einops/timm: given a checkout of ``kaist-cvml/pa
   ``encode_image(x, dense=True)``)
 
 by file path, loads *our* model's weights into them, and re-enacts what the detectron2 meta-arch and
-predictor do around them (spec §1.2, §1.6, §2.2, §2.3):
+predictor do around them:
 
 * start-up: ``build_model`` on a state dict (fp16 cast, non-strict load); the four text tensors
   (train and test x part-object / object-specific) encoded class by class, one ``encode_text`` of
@@ -49,6 +49,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..modeling import record_object_index
 
 __all__ = ["AGGREGATOR_FILE", "CLIP_FILE", "load_official_modules", "OfficialPartCATSeg"]
 
@@ -103,13 +105,11 @@ def _sem_seg_postprocess(result: torch.Tensor, img_size: tuple[int, int], height
 
 
 def _object_id(record: dict[str, Any]) -> int:
-    """The Oracle-Obj object id: detectron2 ``instances.gt_classes[0]`` (official), else ``object_class``."""
-    instances = record.get("instances")
-    if instances is not None and hasattr(instances, "gt_classes"):
-        return int(instances.gt_classes[0].item())
-    if record.get("object_class") is None:
+    """The record's Oracle-Obj object (the official inference cannot run without one)."""
+    obj = record_object_index(record)
+    if obj is None:
         raise KeyError("the official inference needs the record's object: 'instances' or 'object_class'")
-    return int(record["object_class"])
+    return obj
 
 
 def _attention_pairs(official_clip: nn.Module, our_clip: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]:
@@ -174,7 +174,7 @@ class OfficialPartCATSeg:
         # --- the predictor's four text tensors ----------------------------------------------------
         self.bg = model.sem_seg_head.predictor.non_object_embedding.detach().to(self.device) if model.bg_on else None
         self.text: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for split, vocab in (("train", model.train_vocab), ("test", model.test_vocab)):
+        for split, vocab in (("train", model.train_vocabulary), ("test", model.vocabulary)):
             self.text[split] = (
                 self._class_embeddings(clip, list(vocab.part_classes) + list(vocab.object_classes), model.templates)
                 .permute(1, 0, 2).float(),
@@ -222,14 +222,14 @@ class OfficialPartCATSeg:
             if hasattr(module, "fused_attn"):
                 module.fused_attn = False
 
-        vocab = model.test_vocab
+        vocab = model.vocabulary
         self.num_parts = len(vocab.part_classes)
         # predictor: text_to_part_map[None, None, None, :Nop], text_to_obj_in_part_map[None, None, None, :]
         index_kw = dict(dtype=torch.long, device=self.device)
         self.part_index_map = torch.as_tensor(vocab.class_to_part, **index_kw)[None, None, None, :]
         self.obj_index_map = torch.as_tensor(vocab.class_to_object, **index_kw)[None, None, None, :]
         self.test_classes = list(vocab.classes)
-        self.test_obj_classes = list(model.test_obj_classes)
+        self.test_obj_classes = list(vocab.objects)
         t3 = time.perf_counter()
         self.startup_seconds = {"clip_build": t1 - t0, "text": t2 - t1, "aggregator_and_load": t3 - t2}
 

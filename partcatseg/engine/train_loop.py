@@ -1,15 +1,22 @@
-"""The training loop: detectron2's ``SimpleTrainer`` + the parts of ``DefaultTrainer`` we need.
+"""The training loop, split as detectron2 splits it.
 
-One iteration (:meth:`Trainer.run_step`)::
+* :class:`TrainerBase` – the iteration loop, hooks, stop signals and the exact-resume state;
+* :class:`SimpleTrainer` – one fp32 step (below); ``from_config`` builds the whole trainer from a config;
+* :class:`AMPTrainer` – the same step under ``torch.autocast`` (bf16, or fp16 with a GradScaler on CUDA).
+
+One iteration (:meth:`SimpleTrainer.run_step`)::
 
     batch = next(data)                        # "data_time"
-    loss_dict = model(batch)                  # under torch.autocast if SOLVER.AMP.ENABLED
+    loss_dict = model(batch)                  # (AMPTrainer: under torch.autocast)
     total = sum(v for k, v in loss_dict.items() if k.startswith("loss"))
-    total.backward()                          # (scaled, for fp16 on CUDA)
+    total.backward()                          # (AMPTrainer with fp16 on CUDA: scaled)
     grad_norm = clip(gradients)               # SOLVER.CLIP_GRADIENTS
     metrics exchanged across ranks; NaN/inf loss or gradient -> FloatingPointError (no step)
     optimizer.step()
     hooks: lr scheduler step, checkpoint, evaluation, writers
+
+Every entry of the loss dict is logged: keys starting with ``loss`` are summed and optimised, the
+others (``term_*`` diagnostics, accuracies) are logged as they are.
 
 Because the finiteness check happens before ``optimizer.step()`` and on every rank at once, a
 NaN never reaches the weights or a checkpoint.
@@ -46,14 +53,13 @@ from .ddp import create_ddp_model, unwrap_model
 from .events import CommonMetricPrinter, EventStorage, EventWriter, JSONWriter, TensorboardWriter
 from .hooks import EvalHook, HookBase, LRScheduler, PeriodicCheckpointer, PeriodicWriter
 from .optim import GradientClipper, build_gradient_clipper, build_lr_scheduler, build_optimizer
+from ..modeling.speed import amp_dtype as amp_dtype_of
 from .rng import capture_rng_state, restore_rng_state
 from .signals import StopSignals
 
-__all__ = ["Trainer", "default_hooks", "default_writers"]
+__all__ = ["TrainerBase", "SimpleTrainer", "AMPTrainer", "Trainer", "default_hooks", "default_writers"]
 
 logger = logging.getLogger(__name__)
-
-_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _to_float(v: Any) -> float:
@@ -73,7 +79,7 @@ def default_writers(output_dir: str, max_iter: int) -> List[EventWriter]:
     ]
 
 
-def default_hooks(cfg: Any, trainer: "Trainer", test_function: Optional[Any] = None,
+def default_hooks(cfg: Any, trainer: "TrainerBase", test_function: Optional[Any] = None,
                   writer_period: int = 20) -> List[HookBase]:
     """detectron2's DefaultTrainer hooks, in its order (see :mod:`partcatseg.engine.hooks`)."""
     hooks: List[HookBase] = [LRScheduler()]
@@ -86,34 +92,23 @@ def default_hooks(cfg: Any, trainer: "Trainer", test_function: Optional[Any] = N
     return hooks
 
 
-class Trainer:
-    """Iteration-based trainer with hooks, AMP, gradient clipping, DDP and exact resume.
-
-    Build it from a config with :meth:`from_config` (optimizer, scheduler, clipping, DDP,
-    checkpointer and the default hooks), or directly from parts for custom loops and tests.
+class TrainerBase:
+    """Iteration loop with hooks, stop signals and exact resume; sub-classes define :meth:`run_step`.
 
     Args:
-        model: returns a dict of losses in training mode (keys starting with "loss" are summed).
-            It may set ``last_loss_terms`` (dict of scalars) to have them logged as ``term_*``.
+        model: returns a dict of losses in training mode (keys starting with "loss" are summed;
+            every other entry is logged as it is).
         data_loader: iterable of batches, usually infinite (see the module docstring for resume);
             may be ``None`` until :meth:`train` (e.g. to build it after :meth:`resume_or_load`).
         optimizer: e.g. from :func:`build_optimizer`.
         max_iter: total number of iterations.
-        scheduler: lr scheduler stepped by the :class:`LRScheduler` hook.
-        grad_clipper: a :class:`GradientClipper`; ``None`` = no clipping (norm still checked).
-        amp_dtype: ``None`` (fp32), "bf16" or "fp16" autocast; fp16 uses a GradScaler on CUDA.
     """
 
     def __init__(self, model: nn.Module, data_loader: Optional[Iterable[Any]], optimizer: torch.optim.Optimizer, *,
-                 max_iter: int, scheduler: Any = None, grad_clipper: Optional[GradientClipper] = None,
-                 amp_dtype: Optional[str] = None, hooks: Sequence[HookBase] = ()):
-        if amp_dtype is not None and amp_dtype not in _AMP_DTYPES:
-            raise ValueError(f"amp_dtype={amp_dtype!r} (SOLVER.AMP.DTYPE): expected one of {list(_AMP_DTYPES)}")
+                 max_iter: int, hooks: Sequence[HookBase] = ()):
         self.model = model
         self.data_loader = data_loader
         self.optimizer = optimizer
-        self.scheduler = scheduler
-        self.grad_clipper = grad_clipper or GradientClipper(enabled=False)
         self.max_iter = int(max_iter)
         self.cfg: Any = None
         self.checkpointer: Any = None
@@ -133,39 +128,9 @@ class Trainer:
         self._stop_requested: Optional[str] = None
         self._agreed_stop: Optional[str] = None
         self._signals: Optional[StopSignals] = None
-
-        self._device_type = self._model_device_type()
-        self.amp_dtype = _AMP_DTYPES[amp_dtype] if amp_dtype else None
-        self.grad_scaler = None
-        if self.amp_dtype is torch.float16 and self._device_type == "cuda":
-            scaler_cls = getattr(torch.amp, "GradScaler", None)
-            self.grad_scaler = scaler_cls("cuda") if scaler_cls else torch.cuda.amp.GradScaler()
         self.register_hooks(hooks)
 
-    # ------------------------------------------------------------------ construction
-    @classmethod
-    def from_config(cls, cfg: Any, model: nn.Module, data_loader: Optional[Iterable[Any]], *,
-                    test_function: Optional[Any] = None, clip_multiplier: Optional[bool] = None) -> "Trainer":
-        """DefaultTrainer essentials: DDP wrap, optimizer/scheduler/clipper from ``SOLVER.*``, a
-        :class:`~partcatseg.checkpoint.Checkpointer` in ``OUTPUT_DIR`` and the default hooks.
-
-        ``test_function()`` (optional) evaluates the model and returns a results dict; it runs
-        every ``TEST.EVAL_PERIOD`` iterations and at the end.
-        """
-        from ..checkpoint import Checkpointer
-
-        model = create_ddp_model(model)
-        optimizer = build_optimizer(cfg, model, clip_multiplier=clip_multiplier)
-        scheduler = build_lr_scheduler(cfg, optimizer)
-        amp = cfg.SOLVER.AMP.DTYPE if cfg.SOLVER.AMP.ENABLED else None
-        trainer = cls(model, data_loader, optimizer, max_iter=cfg.SOLVER.MAX_ITER, scheduler=scheduler,
-                      grad_clipper=build_gradient_clipper(cfg), amp_dtype=amp)
-        trainer.cfg = cfg
-        trainer.checkpointer = Checkpointer(unwrap_model(model), cfg.OUTPUT_DIR,
-                                            save_to_disk=comm.is_main_process(), trainer=weakref.proxy(trainer))
-        trainer.register_hooks(default_hooks(cfg, trainer, test_function))
-        return trainer
-
+    # ------------------------------------------------------------------ hooks
     def register_hooks(self, hooks: Iterable[Optional[HookBase]]) -> None:
         """Append hooks (run in registration order); ``None`` entries are skipped."""
         for h in hooks:
@@ -213,8 +178,6 @@ class Trainer:
         hooks = {k: v for k, v in hooks.items() if v}
         if hooks:
             state["hooks"] = hooks
-        if self.grad_scaler is not None:
-            state["grad_scaler"] = self.grad_scaler.state_dict()
         state["rank_states"] = self._rank_states if self._rank_states is not None else [self._local_rank_state()]
         return state
 
@@ -229,8 +192,6 @@ class Trainer:
             if name in hook_states:
                 h.load_state_dict(hook_states.pop(name))
         self._pending_hook_states = hook_states  # for hooks registered later
-        if self.grad_scaler is not None and "grad_scaler" in state:
-            self.grad_scaler.load_state_dict(state["grad_scaler"])
         ranks = list(state.get("rank_states") or [])
         world, rank = comm.get_world_size(), comm.get_rank()
         if len(ranks) == world:
@@ -373,11 +334,6 @@ class Trainer:
                        "(continues at iteration %d).", reason, self.iter, self._last_checkpoint_path(), self.iter + 1)
         return True
 
-    def _autocast(self) -> Any:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self._device_type, dtype=self.amp_dtype)
-
     def _next_batch(self) -> Any:
         try:
             batch = next(self._data_iter)
@@ -389,17 +345,78 @@ class Trainer:
         self._batches_consumed += 1
         return batch
 
-    def _loss_terms(self) -> Dict[str, float]:
-        terms = getattr(unwrap_model(self.model), "last_loss_terms", None)
-        if not isinstance(terms, Mapping):
-            return {}
-        out = {}
-        for k, v in terms.items():
-            try:
-                out[k if k.startswith("term_") else f"term_{k}"] = _to_float(v)
-            except (TypeError, ValueError):
-                continue
-        return out
+    def run_step(self) -> None:
+        """One iteration (sub-classes); it must consume one batch through :meth:`_next_batch`."""
+        raise NotImplementedError(f"{type(self).__name__} does not define run_step")
+
+    def _write_metrics(self, everyone: Sequence[Dict[str, Any]], step_time: float) -> None:
+        """Average losses/terms over ranks, take the slowest data time, and store them."""
+        n = len(everyone)
+        storage = self.storage
+        for key in everyone[0]["values"]:
+            storage.put_scalar(key, sum(m["values"].get(key, 0.0) for m in everyone) / n)
+        for key in everyone[0]["terms"]:
+            storage.put_scalar(key, sum(m["terms"].get(key, 0.0) for m in everyone) / n)
+        storage.put_scalar("data_time", max(m["data_time"] for m in everyone))
+        storage.put_scalar("time", step_time)
+        if everyone[0]["grad_norm"] is not None:
+            storage.put_scalar("grad_norm", everyone[0]["grad_norm"])
+
+
+class SimpleTrainer(TrainerBase):
+    """fp32 training: forward, backward, gradient clipping, finiteness check, optimizer step.
+
+    Args (beyond :class:`TrainerBase`):
+        scheduler: lr scheduler stepped by the :class:`LRScheduler` hook.
+        grad_clipper: a :class:`GradientClipper`; ``None`` = no clipping (norm still checked).
+    """
+
+    def __init__(self, model: nn.Module, data_loader: Optional[Iterable[Any]], optimizer: torch.optim.Optimizer, *,
+                 max_iter: int, scheduler: Any = None, grad_clipper: Optional[GradientClipper] = None,
+                 hooks: Sequence[HookBase] = ()):
+        super().__init__(model, data_loader, optimizer, max_iter=max_iter, hooks=hooks)
+        self.scheduler = scheduler
+        self.grad_clipper = grad_clipper or GradientClipper(enabled=False)
+
+    @classmethod
+    def from_config(cls, cfg: Any, model: nn.Module, data_loader: Optional[Iterable[Any]], *,
+                    test_function: Optional[Any] = None, clip_multiplier: Optional[bool] = None) -> "SimpleTrainer":
+        """DefaultTrainer essentials: DDP wrap, optimizer/scheduler/clipper from ``SOLVER.*``, a
+        :class:`~partcatseg.checkpoint.Checkpointer` in ``OUTPUT_DIR`` and the default hooks.
+
+        ``SOLVER.AMP.ENABLED`` gives an :class:`AMPTrainer` (``SOLVER.AMP.DTYPE``). ``test_function()``
+        (optional) evaluates the model and returns a results dict; it runs every ``TEST.EVAL_PERIOD``
+        iterations and at the end.
+        """
+        from ..checkpoint import Checkpointer
+
+        model = create_ddp_model(model)
+        optimizer = build_optimizer(cfg, model, clip_multiplier=clip_multiplier)
+        kwargs: Dict[str, Any] = dict(max_iter=cfg.SOLVER.MAX_ITER, scheduler=build_lr_scheduler(cfg, optimizer),
+                                      grad_clipper=build_gradient_clipper(cfg))
+        if cfg.SOLVER.AMP.ENABLED:
+            trainer: SimpleTrainer = AMPTrainer(model, data_loader, optimizer, amp_dtype=cfg.SOLVER.AMP.DTYPE, **kwargs)
+        else:
+            trainer = cls(model, data_loader, optimizer, **kwargs)
+        trainer.cfg = cfg
+        trainer.checkpointer = Checkpointer(unwrap_model(model), cfg.OUTPUT_DIR,
+                                            save_to_disk=comm.is_main_process(), trainer=weakref.proxy(trainer))
+        trainer.register_hooks(default_hooks(cfg, trainer, test_function))
+        return trainer
+
+    # -- the three points AMPTrainer changes
+    def _autocast(self) -> Any:
+        return contextlib.nullcontext()
+
+    def _backward(self, losses: torch.Tensor) -> None:
+        losses.backward()
+
+    def _optimizer_step(self) -> None:
+        self.optimizer.step()
+
+    def _checks_gradients(self) -> bool:
+        """Whether a non-finite gradient norm is an error (a GradScaler skips such steps itself)."""
+        return True
 
     def run_step(self) -> None:
         t0 = time.perf_counter()
@@ -419,20 +436,16 @@ class Trainer:
         losses = sum(loss_dict[k] for k in loss_keys)
 
         self.optimizer.zero_grad(set_to_none=True)
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(losses).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-        else:
-            losses.backward()
+        self._backward(losses)
         grad_norm = self.grad_clipper(self._params)
 
-        values = {k: _to_float(v) for k, v in loss_dict.items()}
+        values = {k: _to_float(loss_dict[k]) for k in loss_keys}
         values["total_loss"] = _to_float(losses)
+        terms = {k: _to_float(v) for k, v in loss_dict.items() if k not in values}
         gnorm = _to_float(grad_norm) if grad_norm is not None else None
         bad_loss = not all(math.isfinite(v) for v in values.values())
-        # with a GradScaler, inf gradients are expected now and then: the scaler skips that step
-        bad_grad = self.grad_scaler is None and gnorm is not None and not math.isfinite(gnorm)
-        local = {"values": values, "terms": self._loss_terms(), "data_time": data_time, "grad_norm": gnorm,
+        bad_grad = self._checks_gradients() and gnorm is not None and not math.isfinite(gnorm)
+        local = {"values": values, "terms": terms, "data_time": data_time, "grad_norm": gnorm,
                  "bad": bad_loss or bad_grad, "stop": self._local_stop_reason()}
         everyone = comm.all_gather(local)
 
@@ -445,23 +458,58 @@ class Trainer:
                 f"those after iteration {self.iter - 1}; last checkpoint: {self._last_checkpoint_path()}."
             )
         self._agreed_stop = next((m["stop"] for m in everyone if m["stop"]), None)
-
-        if self.grad_scaler is not None:
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            self.optimizer.step()
+        self._optimizer_step()
         self._write_metrics(everyone, time.perf_counter() - t0)
 
-    def _write_metrics(self, everyone: Sequence[Dict[str, Any]], step_time: float) -> None:
-        """Average losses/terms over ranks, take the slowest data time, and store them."""
-        n = len(everyone)
-        storage = self.storage
-        for key in everyone[0]["values"]:
-            storage.put_scalar(key, sum(m["values"].get(key, 0.0) for m in everyone) / n)
-        for key in everyone[0]["terms"]:
-            storage.put_scalar(key, sum(m["terms"].get(key, 0.0) for m in everyone) / n)
-        storage.put_scalar("data_time", max(m["data_time"] for m in everyone))
-        storage.put_scalar("time", step_time)
-        if everyone[0]["grad_norm"] is not None:
-            storage.put_scalar("grad_norm", everyone[0]["grad_norm"])
+
+class AMPTrainer(SimpleTrainer):
+    """:class:`SimpleTrainer` under ``torch.autocast``; fp16 on CUDA scales the loss with a GradScaler.
+
+    ``amp_dtype``: "bf16" or "fp16" (``SOLVER.AMP.DTYPE``). The scaler's state is part of the checkpoint.
+    """
+
+    def __init__(self, model: nn.Module, data_loader: Optional[Iterable[Any]], optimizer: torch.optim.Optimizer, *,
+                 amp_dtype: str = "bf16", **kwargs: Any):
+        super().__init__(model, data_loader, optimizer, **kwargs)
+        if amp_dtype not in ("bf16", "fp16"):
+            raise ValueError(f"amp_dtype={amp_dtype!r} (SOLVER.AMP.DTYPE): expected one of ['bf16', 'fp16']")
+        self.amp_dtype = amp_dtype_of(amp_dtype)
+        self._device_type = self._model_device_type()
+        self.grad_scaler = torch.amp.GradScaler("cuda") if (
+            self.amp_dtype is torch.float16 and self._device_type == "cuda") else None
+
+    def _autocast(self) -> Any:
+        return torch.autocast(device_type=self._device_type, dtype=self.amp_dtype)
+
+    def _backward(self, losses: torch.Tensor) -> None:
+        if self.grad_scaler is None:
+            losses.backward()
+        else:
+            self.grad_scaler.scale(losses).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+
+    def _optimizer_step(self) -> None:
+        if self.grad_scaler is None:
+            self.optimizer.step()
+        else:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+
+    def _checks_gradients(self) -> bool:
+        # with a GradScaler, inf gradients are expected now and then: the scaler skips that step
+        return self.grad_scaler is None
+
+    def state_dict(self) -> Dict[str, Any]:
+        state = super().state_dict()
+        if self.grad_scaler is not None:
+            state["grad_scaler"] = self.grad_scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        if self.grad_scaler is not None and "grad_scaler" in state:
+            self.grad_scaler.load_state_dict(state["grad_scaler"])
+
+
+#: detectron2-style entry point: ``Trainer.from_config(cfg, model, data_loader)``.
+Trainer = SimpleTrainer

@@ -1,0 +1,40 @@
+"""Speed and memory of a configured model (``tools/benchmark.py`` is the command line).
+
+* ``phases``   – the phases (build, text features cold/cached, inference, training step, accuracy,
+  official side by side), each run in its own process by :func:`run_benchmark`;
+* ``measure``  – medians with quartiles, per-section peak RSS and CUDA peaks;
+* ``accuracy`` – every speed mode's outputs against the default fp32 path;
+* ``official`` – the official PartCATSeg inference procedure around the official network code;
+* ``report``   – the plain-text table.
+
+The benchmark talks to models only through the model protocol (``partcatseg.modeling.SegmentationModel``).
+"""
+from .phases import (
+    EXTRA_PHASES,
+    OFFICIAL_PHASES,
+    PHASES,
+    SCHEMA,
+    BenchmarkSpec,
+    RandomTextFeatures,
+    run_benchmark,
+    run_phase,
+    synthetic_part_vocabulary,
+)
+from .measure import current_rss_mb, peak_rss_mb, summarize
+from .report import format_table
+
+__all__ = [
+    "SCHEMA",
+    "PHASES",
+    "OFFICIAL_PHASES",
+    "EXTRA_PHASES",
+    "BenchmarkSpec",
+    "RandomTextFeatures",
+    "synthetic_part_vocabulary",
+    "run_phase",
+    "run_benchmark",
+    "format_table",
+    "summarize",
+    "peak_rss_mb",
+    "current_rss_mb",
+]

@@ -1,0 +1,436 @@
+"""Speed and memory benchmark of a configured model (``tools/benchmark.py`` is the command line).
+
+Phases (each in its own subprocess by default, so every peak-memory figure is that phase's own):
+
+* ``build``          model construction (random weights, no network), repeated;
+* ``text_cold``      class-name text features with an empty cache (the first start);
+* ``text_cached``    the same from the on-disk cache in a fresh process (every later start);
+* ``inference``      per-image latency and throughput at batch 1 and at ``--batch-size``;
+* ``train_step``     forward + backward + AdamW step at ``--batch-size``;
+* ``official`` (with ``--official-root``): the official start-up and batch-1 inference procedure
+  around the official network code (:mod:`partcatseg.benchmark.official`) on the same weights,
+  timed interleaved with ours on the same image, plus the largest output difference
+  (``official_parity``);
+* ``accuracy`` (on request): every speed mode's outputs against the default fp32 path
+  (:mod:`partcatseg.benchmark.accuracy`), on ``--fixture``'s image and config options or on a
+  synthetic image, with ``--weights`` or seeded random weights.
+
+Timings use ``time.perf_counter`` after warm-up runs (CUDA is synchronised); each figure is the
+median with quartiles, min and max of the repeats.  Memory is the peak resident set of the measured
+section (Linux ``VmHWM``, restarted through ``/proc/self/clear_refs``; else the process's
+``ru_maxrss``), the resident set before it, and ``torch.cuda.max_memory_allocated`` on CUDA.
+Nothing here asserts a speed: the numbers are reported, not tested.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+from .measure import Memory, summarize, sync, timed
+from .report import cpu_name
+
+SCHEMA = "partcatseg-benchmark/1"
+PHASES = ("build", "text_cold", "text_cached", "inference", "train_step")
+OFFICIAL_PHASES = ("official",)
+EXTRA_PHASES = ("accuracy",)  # run only when asked for (``--phases accuracy``)
+
+__all__ = [
+    "SCHEMA",
+    "PHASES",
+    "OFFICIAL_PHASES",
+    "EXTRA_PHASES",
+    "BenchmarkSpec",
+    "RandomTextFeatures",
+    "synthetic_part_vocabulary",
+    "run_phase",
+    "run_benchmark",
+]
+
+
+# ----------------------------------------------------------------------------------------- set-up
+@dataclass
+class BenchmarkSpec:
+    """Everything a phase needs; JSON-serialisable so phases can run in subprocesses."""
+
+    config_file: str
+    opts: list[str] = field(default_factory=list)
+    device: str = "cpu"
+    batch_size: int = 2
+    image_size: tuple[int, int] = (384, 512)
+    warmup: int = 1
+    repeats: int = 5
+    num_classes: int = 0  # 0 = the config's test vocabulary
+    text_cache_dir: str = ""  # "" = a fresh temporary directory
+    official_root: str = ""
+    weights: str = ""  # checkpoint to load; "" = seeded random weights
+    seed: int = 0
+    random_text: bool = False  # random unit text features instead of encoding (class-scaling runs)
+    fixture: str = ""  # accuracy phase: a parity fixture (its config opts, rule weights and record)
+    accuracy_modes: list[str] = field(default_factory=list)  # [] = the default modes
+
+
+def synthetic_part_vocabulary(num_classes: int):
+    """A part vocabulary of ``num_classes`` "object N's part M" classes (6 parts per object).
+
+    Part names rotate through a pool of about num_classes/3 names, so the stage-1 vocabulary grows
+    like a real one (Pascal-Part-116: 42 parts, 16 objects).
+    """
+    from ..vocab import Vocabulary
+
+    if num_classes < 1:
+        raise ValueError(f"num_classes={num_classes}: expected a positive number")
+    pool = max(6, num_classes // 3)
+    names = []
+    for i in range(num_classes):
+        obj, slot = divmod(i, 6)
+        names.append(f"object {obj}'s part {(obj * 3 + slot) % pool}")
+    return Vocabulary(names, name=f"synthetic_{num_classes}", parts=True)
+
+
+class RandomTextFeatures:
+    """Stands in for :class:`~partcatseg.modeling.text.TextFeatureCache` in class-scaling runs.
+
+    The head's cost does not depend on the text features' values, and encoding a synthetic
+    vocabulary of 800+ classes with 80 templates takes ~10 minutes on a CPU; this returns seeded
+    random unit vectors of the right shape instead.  Never used for accuracy figures.
+    """
+
+    cache_dir = None
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def clear_memory(self) -> None:
+        """Nothing is held (the features are drawn on every call)."""
+
+    def get(self, clip_model, names, templates, synonyms: str = "average"):
+        import torch
+
+        g = torch.Generator().manual_seed(self.seed + len(names))
+        dim = clip_model.text_projection.shape[1]
+        feats = torch.nn.functional.normalize(torch.randn(len(names), len(templates), dim, generator=g), dim=-1)
+        return feats.to(clip_model.token_embedding.weight.device)
+
+
+def _cfg(spec: BenchmarkSpec, extra_opts: Sequence[str] = ()):
+    from ..config import setup_cfg
+
+    opts = list(spec.opts) + ["MODEL.DEVICE", spec.device] + list(extra_opts)
+    if spec.text_cache_dir:
+        opts += ["MODEL.TEXT_CACHE_DIR", spec.text_cache_dir]
+    return setup_cfg(spec.config_file, opts)
+
+
+def _build(spec: BenchmarkSpec, extra_opts: Sequence[str] = ()):
+    """The configured model in eval mode: ``spec.weights`` if given, else seeded random weights
+    (``MODEL.WEIGHTS`` is a training initialisation and is not read: speed does not depend on it)."""
+    import torch
+
+    from ..modeling import build_model
+
+    cfg = _cfg(spec, extra_opts)
+    torch.manual_seed(spec.seed)
+    model = build_model(cfg)
+    if spec.weights:
+        from ..checkpoint import Checkpointer
+
+        Checkpointer(model).load_weights(spec.weights)
+    if spec.random_text:
+        if model.text_cache is None:
+            raise ValueError(f"--random-text: {type(model).__name__} has no text_cache to replace")
+        model.text_cache = RandomTextFeatures(spec.seed)
+    if spec.num_classes:
+        vocab = synthetic_part_vocabulary(spec.num_classes)
+        if model.task != "part":
+            from ..vocab import Vocabulary
+
+            vocab = Vocabulary(vocab.classes, name=vocab.name, parts=False)
+        model.set_vocabulary(vocab)
+    return model.eval()
+
+
+def _records(model, spec: BenchmarkSpec, n: int, train: bool = False) -> list[dict]:
+    """Synthetic records of ``spec.image_size`` in the protocol's form (labels drawn from the vocabularies)."""
+    import torch
+
+    g = torch.Generator().manual_seed(spec.seed)
+    h, w = spec.image_size
+    out = []
+    for i in range(n):
+        rec: dict[str, Any] = {"image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8),
+                               "height": h, "width": w}
+        if train:
+            vocab = model.train_vocabulary
+            if model.task == "part":
+                rec["sem_seg"] = torch.randint(0, len(vocab.objects), (h, w), generator=g)
+                rec["obj_part_sem_seg"] = torch.randint(0, len(vocab), (h, w), generator=g)
+            else:
+                rec["sem_seg"] = torch.randint(0, len(vocab), (h, w), generator=g)
+        elif model.task == "part" and model.vocabulary.objects:
+            rec["object_class"] = i % len(model.vocabulary.objects)
+        out.append(rec)
+    return out
+
+
+def _model_info(model) -> dict[str, Any]:
+    """What the model says of itself (vocabulary sizes, class chunk ...), reported with every phase that built one."""
+    return {"model": model.describe()}
+
+
+# ----------------------------------------------------------------------------------------- phases
+def _phase_build(spec: BenchmarkSpec) -> dict:
+    mem = Memory(spec.device)
+    times = []
+    for _ in range(max(1, spec.repeats)):
+        start = time.perf_counter()
+        model = _build(spec)
+        sync(spec.device)
+        times.append(time.perf_counter() - start)
+        del model
+    return {"seconds": summarize(times), **mem.report()}
+
+
+def _phase_text(spec: BenchmarkSpec, cached: bool) -> dict:
+    """Cold: encode into an empty cache directory (the first start).  Cached: a later start, i.e.
+    in-memory caches dropped and the features read back from ``spec.text_cache_dir``."""
+    times = []
+    if cached:
+        model = _build(spec)
+        model.prepare_vocabulary()  # make sure the disk cache holds the vocabulary
+        mem = Memory(spec.device)
+        for _ in range(max(1, spec.repeats)):
+            start = time.perf_counter()
+            model.prepare_vocabulary(refresh=True)  # memory forgotten, as in a new process; disk read
+            sync(spec.device)
+            times.append(time.perf_counter() - start)
+        return {"seconds": summarize(times), **mem.report(), **_model_info(model)}
+    # an empty spec.text_cache_dir is filled (the later phases read it); a used one is left alone
+    used = os.path.isdir(spec.text_cache_dir) and bool(os.listdir(spec.text_cache_dir))
+    with tempfile.TemporaryDirectory(prefix="partcatseg-bench-cold-") as empty:
+        cache_dir = empty if used or not spec.text_cache_dir else spec.text_cache_dir
+        model = _build(spec, ["MODEL.TEXT_CACHE_DIR", cache_dir])
+        mem = Memory(spec.device)
+        start = time.perf_counter()
+        model.prepare_vocabulary()
+        sync(spec.device)
+        times.append(time.perf_counter() - start)
+    return {"seconds": summarize(times), **mem.report(), **_model_info(model)}
+
+
+def _phase_inference(spec: BenchmarkSpec) -> dict:
+    import torch
+
+    model = _build(spec)
+    model.prepare_vocabulary()
+    out: dict[str, Any] = {}
+    mem = Memory(spec.device)
+    for bs in sorted({1, max(1, spec.batch_size)}):
+        records = _records(model, spec, bs)
+        with torch.no_grad():
+            first = timed(lambda: model(records), spec.device, 0, 1)[0]  # includes any compilation
+            times = timed(lambda: model(records), spec.device, max(0, spec.warmup - 1), spec.repeats)
+        per_image = [t / bs for t in times]
+        out[f"batch_{bs}"] = {
+            "first_call_seconds": first,
+            "seconds_per_batch": summarize(times),
+            "seconds_per_image": summarize(per_image),
+            "images_per_second": bs / statistics.median(times),
+        }
+    out.update(mem.report())
+    out.update(_model_info(model))
+    return out
+
+
+def _phase_train_step(spec: BenchmarkSpec) -> dict:
+    import torch
+
+    model = _build(spec).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    records = _records(model, spec, max(1, spec.batch_size), train=True)
+
+    def step() -> None:
+        losses = model(records)
+        sum(losses.values()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()  # text features + optimizer state outside the measurement
+    mem = Memory(spec.device)
+    times = timed(step, spec.device, max(0, spec.warmup - 1), spec.repeats)
+    return {"seconds": summarize(times), "batch_size": len(records), **mem.report(), **_model_info(model)}
+
+
+def _phase_official(spec: BenchmarkSpec) -> dict:
+    """Official start-up, then official and our batch-1 inference interleaved on the same image."""
+    import torch
+
+    from ..modeling.partcatseg import PartCATSeg
+    from .official import OfficialPartCATSeg
+
+    if not spec.official_root:
+        raise ValueError("phase 'official' needs --official-root (a kaist-cvml/part-catseg checkout)")
+    model = _build(spec)
+    if not isinstance(model, PartCATSeg):  # the official code re-enacted here is PartCATSeg's
+        raise ValueError("the official procedure is PartCATSeg's; use a configs/zero_shot/partcatseg_*.yaml config")
+    model.prepare_vocabulary()
+    mem = Memory(spec.device)
+    start = time.perf_counter()
+    official = OfficialPartCATSeg(model, spec.official_root)
+    startup = time.perf_counter() - start
+    startup_mem = mem.report()
+    records = _records(model, spec, 1)
+    with torch.no_grad():
+        mem = Memory(spec.device)
+        ours_out = model(records)[0]
+        ours_mem = mem.report()
+        del ours_out
+        mem = Memory(spec.device)
+        official(records)
+        official_mem = mem.report()
+        for _ in range(spec.warmup):
+            official(records)
+            model(records)
+        times: dict[str, list[float]] = {"official": [], "ours": []}
+        for _ in range(spec.repeats):  # interleaved: both see the same machine load
+            for key, fn in (("official", official), ("ours", model)):
+                sync(spec.device)
+                t0 = time.perf_counter()
+                fn(records)
+                sync(spec.device)
+                times[key].append(time.perf_counter() - t0)
+        theirs, ours = official(records)[0], model(records)[0]
+    parity = {key: float((theirs[key].float() - ours[key].float()).abs().max()) for key in ("sem_seg", "sem_seg_all")}
+    result = {"startup": {"seconds": summarize([startup]), "breakdown_seconds": dict(official.startup_seconds),
+                          **startup_mem}}
+    result["official_notes"] = list(official.notes)  # where this re-enactment departs from the official run
+    for key, mem_report in (("official", official_mem), ("ours", ours_mem)):
+        result[key] = {"batch_1": {"seconds_per_image": summarize(times[key]),
+                                   "images_per_second": 1 / statistics.median(times[key])}, **mem_report}
+    result["speedup_median"] = statistics.median(times["official"]) / statistics.median(times["ours"])
+    result["official_parity"] = parity
+    result.update(_model_info(model))
+    return result
+
+
+def _phase_accuracy(spec: BenchmarkSpec) -> dict:
+    """Speed modes against the default path, on a fixture's image or a synthetic record.
+
+    Each mode is a model built with that mode's config keys and the reference model's weights.
+    """
+    from .accuracy import DEFAULT_ACCURACY_MODES, mode_deltas
+
+    modes = list(spec.accuracy_modes) or list(DEFAULT_ACCURACY_MODES)
+    spec = copy.deepcopy(spec)
+    fixture = None
+    if spec.fixture:
+        from .accuracy import load_fixture
+
+        fixture = load_fixture(spec.fixture)
+        spec.opts = list(fixture["opts"]) + list(spec.opts)
+    model = _build(spec)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def build(extra_opts: Sequence[str]):
+        other = _build(spec, extra_opts)
+        other.load_state_dict(state)
+        return other
+
+    if fixture is not None:
+        records = [{"image": fixture["image"], "height": fixture["height"], "width": fixture["width"],
+                    "object_class": fixture["gt_object_class"]}]
+        source = {"fixture": spec.fixture, "weights": spec.weights or f"random (seed {spec.seed})",
+                  "image_size": [fixture["height"], fixture["width"]]}
+    else:
+        records = _records(model, spec, 1)
+        source = {"weights": spec.weights or f"random (seed {spec.seed})", "image_size": list(spec.image_size)}
+    result = {"source": source, "modes": mode_deltas(model, build, records, modes)}
+    result.update(_model_info(model))
+    return result
+
+
+def run_phase(spec: BenchmarkSpec, name: str) -> dict:
+    """Run one phase in this process and return its measurements."""
+    import torch
+
+    if spec.device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {spec.device} requested but CUDA is not available")
+    if name == "build":
+        return _phase_build(spec)
+    if name in ("text_cold", "text_cached"):
+        return _phase_text(spec, cached=name == "text_cached")
+    if name == "inference":
+        return _phase_inference(spec)
+    if name == "train_step":
+        return _phase_train_step(spec)
+    if name == "official":
+        return _phase_official(spec)
+    if name == "accuracy":
+        return _phase_accuracy(spec)
+    raise ValueError(f"unknown phase {name!r}; expected one of {list(PHASES + OFFICIAL_PHASES + EXTRA_PHASES)}")
+
+
+def _run_isolated(spec: BenchmarkSpec, name: str) -> dict:
+    cmd = [sys.executable, "-m", "partcatseg.cli.benchmark", "--child-phase", name,
+           "--child-spec", json.dumps(asdict(spec))]
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark phase {name!r} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_benchmark(spec: BenchmarkSpec, phases: Sequence[str] = PHASES, isolate: bool = True,
+                  log: Optional[Callable[[str], None]] = None) -> dict:
+    """Run ``phases`` and return the report (see :data:`SCHEMA` and :func:`format_table`)."""
+    import torch
+
+    spec = copy.deepcopy(spec)
+    if spec.random_text and {"text_cold", "text_cached"} & set(phases):
+        raise ValueError("--random-text replaces text encoding: drop text_cold/text_cached from --phases")
+    tmp = None
+    if not spec.text_cache_dir:
+        tmp = tempfile.TemporaryDirectory(prefix="partcatseg-bench-text-")
+        spec.text_cache_dir = tmp.name
+    try:
+        cfg = _cfg(spec)
+        report: dict[str, Any] = {
+            "schema": SCHEMA,
+            "config_file": spec.config_file,
+            "opts": list(spec.opts),
+            "device": spec.device,
+            "batch_size": spec.batch_size,
+            "image_size": list(spec.image_size),
+            "warmup": spec.warmup,
+            "repeats": spec.repeats,
+            "isolated_phases": isolate,
+            "settings": {"class_chunk": cfg.TEST.CLASS_CHUNK, "amp": cfg.TEST.AMP,
+                         "channels_last": cfg.MODEL.CHANNELS_LAST, "compile": cfg.MODEL.COMPILE},
+            "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                            "threads": torch.get_num_threads(), "cpu": cpu_name(), "machine": platform.machine()},
+            "phases": {},
+        }
+        for name in phases:
+            if log:
+                log(f"[benchmark] {name} ...")
+            result = _run_isolated(spec, name) if isolate else run_phase(spec, name)
+            if "model" in result:
+                report["model"] = result.pop("model")
+            report["phases"][name] = result
+        return report
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
