@@ -303,10 +303,11 @@ def atomic_write(path: str, write: Callable[[BinaryIO], Any], *, what: str = "fi
     directory = os.path.dirname(path)
     tmp = None
     sink = None
+    replaced = False
     try:
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(
-            dir=directory, prefix=f"{_TMP_PREFIX}{os.path.basename(path)}.{_host_token()}.{os.getpid()}.",
+            dir=directory, prefix=f"{_TMP_PREFIX}{os.path.basename(path)[:100]}.{_host_token()}.{os.getpid()}.",
             suffix=_TMP_SUFFIX)
         _try_lock(fd)  # held until the file object is closed, i.e. after the rename
         try:
@@ -324,7 +325,7 @@ def atomic_write(path: str, write: Callable[[BinaryIO], Any], *, what: str = "fi
             else:  # pragma: no cover - Windows
                 os.chmod(tmp, _default_file_mode())
             os.replace(tmp, path)
-            tmp = None
+            tmp, replaced = None, True
         _fsync_directory(directory)
     except BaseException as exc:
         if tmp is not None:
@@ -339,8 +340,11 @@ def atomic_write(path: str, write: Callable[[BinaryIO], Any], *, what: str = "fi
             reason = cause.strerror or str(cause) or type(cause).__name__
             if cause.errno in (_errno.ENOSPC, getattr(_errno, "EDQUOT", -1)):
                 reason += f" ({_free_space(directory)} free in {directory})"
-            message = (f"could not write {what} {path}: {reason}. {os.path.basename(path)} was not replaced "
-                       "(an existing file keeps its previous content) and no temporary file was left behind")
+            if replaced:  # only closing failed, after the rename
+                message = f"error after writing {what} {path}: {reason}; the file is complete but may not be durable"
+            else:
+                message = (f"could not write {what} {path}: {reason}. {os.path.basename(path)} was not replaced "
+                           "(an existing file keeps its previous content) and no temporary file was left behind")
             if cause.errno is not None:
                 raise CheckpointWriteError(cause.errno, message) from exc
             raise CheckpointWriteError(message) from exc
