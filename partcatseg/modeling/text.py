@@ -192,9 +192,9 @@ def _short_error(exc: BaseException) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
     marker = "WeightsUnpickler error:"
     if marker in text:
-        detail = text.split(marker, 1)[1].strip().split(". ")[0]
+        detail = text.split(marker, 1)[1].strip().splitlines()[0].split(". ")[0]
         return f"refused by the weights-only unpickler: {detail[:200]}"
-    first = text.strip().splitlines()[0] if text.strip() else ""
+    first = text.strip().splitlines()[0].split(". ")[0] if text.strip() else ""
     return f"{type(exc).__name__}: {first[:200]}"
 
 
@@ -202,6 +202,8 @@ def read_cache_entry(path: str, key: str, shape: tuple[int, int, int]) -> tuple[
     """Read and validate one cache file: ``(features, None)`` if usable, ``(None, reason)`` if not,
     ``(None, None)`` if there is no such file."""
     try:
+        if os.path.getsize(path) == 0:
+            return None, "empty file (0 bytes)"
         entry = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         return None, None
