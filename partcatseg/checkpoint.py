@@ -483,7 +483,7 @@ def _allow_safe_globals() -> Iterator[None]:
     if ctx is None:  # pragma: no cover - torch < 2.5: plain weights-only loading
         yield
         return
-    already = set(torch.serialization.get_safe_globals())
+    already = set(getattr(torch.serialization, "get_safe_globals", list)())
     # add only what is missing, so leaving the context never removes a user's own allow-list entries
     with ctx([g for g in safe_load_globals() if g not in already]):
         yield
