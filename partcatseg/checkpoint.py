@@ -490,7 +490,7 @@ def _allow_safe_globals() -> Iterator[None]:
 
 
 _REFUSAL_MARKERS = (
-    "unsupported global", "was not an allowed global", "call reduce for unrecognized function",
+    "unsupported global", "unsupported class", "was not an allowed global", "call reduce for unrecognized function",
     "can only build", "can only create new object", "can only append to lists",
     "can only setitem", "can only setitems", "persistent_load", "whose module",
 )
