@@ -130,7 +130,8 @@ CORRUPTIONS = {
     "a dict": (lambda p, f, k: torch.save({"features": f}, p), "not a version-2 cache entry"),
     "a list": (lambda p, f, k: torch.save([f], p), "holds a list"),
     "another key's entry": (lambda p, f, k: _rewrite(p, key="0" * 64), "entry for another key"),
-    "garbage bytes": (lambda p, f, k: p.write_bytes(b"\x00garbage" * 10), "unreadable (refused by the weights-only unpickler: Unsupported operand 0)"),
+    "garbage bytes": (lambda p, f, k: p.write_bytes(b"\x00garbage" * 10),
+                      "unreadable (refused by the weights-only unpickler: Unsupported operand 0)"),
     "truncated": (lambda p, f, k: p.write_bytes(p.read_bytes()[:300]), "unreadable"),
     "empty": (lambda p, f, k: p.write_bytes(b""), "empty file (0 bytes)"),
 }
