@@ -190,8 +190,7 @@ def test_atomic_save_keeps_previous_checkpoint_on_crash(tiny, tmp_path, monkeypa
     real_save = torch.save
 
     def crash(obj, f, *a, **k):
-        with open(f, "wb") as fh:
-            fh.write(b"partial")
+        f.write(b"partial")  # checkpoints are written through a file object into a temporary file
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
