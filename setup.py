@@ -11,8 +11,8 @@ setup(
     include_package_data=True,
     package_data={"partcatseg": ["vocab/data/*.json", "vocab/data/*.txt"]},
     install_requires=[
-        "torch>=2.1",
-        "torchvision>=0.16",
+        "torch>=2.6",
+        "torchvision>=0.21",
         "open_clip_torch>=2.24",
         "timm>=1.0",
         "einops>=0.6",

@@ -50,8 +50,9 @@ def main(args):
 
     test_function = (lambda: evaluate(cfg, unwrap_model(trainer.model))) if cfg.DATASETS.TEST else None
     trainer = Trainer.from_config(cfg, model, None, test_function=test_function)
-    resuming = args.resume and trainer.checkpointer.has_checkpoint()
     trainer.resume_or_load(resume=args.resume, weights=weights)
+    # decided after the load: a resume that found no loadable checkpoint started from MODEL.WEIGHTS
+    resuming = args.resume and trainer.checkpointer.has_checkpoint()
     if not resuming:
         # training from scratch: pretrained encoders for whatever MODEL.WEIGHTS did not provide (the
         # official code downloads them at construction; here they load after the checkpoint)

@@ -220,7 +220,7 @@ def test_numpy1_pickles_load_too(tmp_path):
 
 def _toy_trainer(out: Path, seed: int = 0):
     from partcatseg.engine.hooks import LRScheduler
-    from partcatseg.engine.trainer import Trainer
+    from partcatseg.engine.train_loop import Trainer
 
     model = Net(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
