@@ -231,14 +231,14 @@ def _spec_for_filename(filename: str) -> Optional[WeightSpec]:
     return None
 
 
-def manual_instructions(spec: WeightSpec, directory: Optional[os.PathLike | str] = None) -> str:
-    """How to get ``spec`` without this tool: the URL and the exact target path."""
+def manual_instructions(spec: WeightSpec, directory: Optional[os.PathLike | str] = None, *,
+                        suggest_tool: bool = True) -> str:
+    """How to get ``spec``: the download tool (unless it is what just failed), else the URL and the exact target."""
     target = weights_dir(directory) / spec.filename
     if not spec.available:
         return f"{spec.name} ({spec.description}) is {spec.note or 'not released'}; nothing to download."
-    lines = [
-        f"  python tools/download_weights.py {spec.name}",
-        "or fetch it by hand:",
+    lines = [f"  python tools/download_weights.py {spec.name}", "or fetch it by hand:"] if suggest_tool else []
+    lines += [
         f"  URL:    {spec.url}",
         f"  target: {target}",
     ]
@@ -378,10 +378,18 @@ def verify_file(spec: WeightSpec, path: os.PathLike | str, record: bool = True) 
 
 
 # ------------------------------------------------------------------------------------------ fetching
+def _require_reachable(spec: WeightSpec, target: Path) -> None:
+    problem = _unreachable(spec.url)
+    if problem:
+        by_hand = manual_instructions(spec, target.parent, suggest_tool=False)
+        raise WeightsDownloadError(f"{spec.name}: {problem}; not downloading. Fetch it by hand:\n{by_hand}")
+
+
 def fetch_huggingface(spec: WeightSpec, target: Path) -> None:
     """Download a hub file to ``target`` (``huggingface_hub`` resumes partial downloads)."""
     from huggingface_hub import hf_hub_download
 
+    _require_reachable(spec, target)
     got = Path(hf_hub_download(repo_id=spec.repo_id, filename=spec.repo_file, local_dir=str(target.parent)))
     if got.resolve() != target.resolve():
         os.replace(got, target)
@@ -391,6 +399,7 @@ def fetch_google_drive(spec: WeightSpec, target: Path) -> None:
     """Download a Drive file to ``target`` (``gdown`` with ``resume=True`` continues a partial file)."""
     import gdown
 
+    _require_reachable(spec, target)
     out = gdown.download(id=spec.drive_id, output=str(target), quiet=False, resume=True)
     if not out or not target.is_file():
         raise WeightsDownloadError(f"gdown did not produce {target}")
@@ -404,6 +413,24 @@ FETCHERS: dict[str, Callable[[WeightSpec, Path], None]] = {
 
 def _offline() -> bool:
     return any(os.environ.get(k, "") not in ("", "0", "false", "False") for k in ("PARTCATSEG_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def _unreachable(url: str, timeout: float = 3.0) -> Optional[str]:
+    """Why the host of ``url`` cannot be reached (None if it can): one quick DNS + TCP probe.
+
+    Without it an offline machine spends ~25 s in the hub client's five retries, printing a line for each.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(url).hostname
+    if not host:
+        return None
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return None
+    except OSError as err:
+        return f"cannot reach {host} ({err.strerror or err})"
 
 
 def download(
@@ -435,10 +462,9 @@ def download(
             log(f"{spec.name}: {err}; fetching it again")
     elif target.is_file():  # --force: keep the previous file aside rather than deleting it
         os.replace(target, target.with_name(target.name + ".previous"))
+    by_hand = manual_instructions(spec, directory, suggest_tool=False)
     if offline if offline is not None else _offline():
-        raise WeightsDownloadError(
-            f"{spec.name}: offline, not downloading. Fetch it by hand:\n{manual_instructions(spec, directory)}"
-        )
+        raise WeightsDownloadError(f"{spec.name}: offline, not downloading. Fetch it by hand:\n{by_hand}")
     directory.mkdir(parents=True, exist_ok=True)
     log(f"{spec.name}: downloading {spec.url} ({spec.approx_size}) -> {target}")
     try:
@@ -448,7 +474,7 @@ def download(
     except Exception as err:  # network, quota, permissions: all need the same manual fallback
         raise WeightsDownloadError(
             f"{spec.name}: download failed ({type(err).__name__}: {err}). The partial file (if any) is kept "
-            f"and resumed next time. To fetch it by hand:\n{manual_instructions(spec, directory)}"
+            f"and resumed next time. To fetch it by hand:\n{by_hand}"
         ) from err
     if not target.is_file():
         raise WeightsDownloadError(f"{spec.name}: the download finished but {target} is missing")

@@ -19,6 +19,7 @@ from partcatseg.benchmark import (
 )
 from partcatseg.benchmark.official import AGGREGATOR_FILE, CLIP_FILE, OfficialPartCATSeg, load_official_modules
 from partcatseg.cli.benchmark import main
+from partcatseg.config import ConfigError
 
 CONFIG = str(REPO / "configs/zero_shot/partcatseg_voc.yaml")
 STATS_KEYS = {"median", "q1", "q3", "min", "max", "n", "samples"}
@@ -182,7 +183,7 @@ def test_unknown_phase_and_missing_cuda_are_errors(tmp_path):
     import torch
 
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="CUDA is not available"):
+        with pytest.raises(ConfigError, match="CUDA is not available on this machine"):
             run_benchmark(_spec(tmp_path, device="cuda"), ["build"], isolate=False)
 
 

@@ -190,11 +190,14 @@ def test_fetchers_use_resumable_clients(tmp_path, monkeypatch):
 
     monkeypatch.setattr(gdown, "download", fake_gdown)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_hf)
+    probed = []
+    monkeypatch.setattr(W, "_unreachable", lambda url: probed.append(url))  # as if the hosts answered
     W.fetch_google_drive(W.WEIGHTS["partcatseg_voc"], tmp_path / "partcatseg_voc.pth")
     assert seen["gdown"]["resume"] is True and seen["gdown"]["id"] == "1JUJjJQLMKE96H5SLNs4EMm4jiU6fPgRb"
     W.fetch_huggingface(W.WEIGHTS["dinov2_vits14"], tmp_path / "dinov2_vits14_lvd142m.safetensors")
     assert seen["hf"]["repo_id"] == "timm/vit_small_patch14_dinov2.lvd142m" and seen["hf"]["local_dir"] == str(tmp_path)
     assert (tmp_path / "dinov2_vits14_lvd142m.safetensors").is_file() and not (tmp_path / "model.safetensors").exists()
+    assert [u.split("/")[2] for u in probed] == ["drive.google.com", "huggingface.co"]  # one quick probe each
 
 
 def test_safetensors_format_check(tmp_path):

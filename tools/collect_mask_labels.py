@@ -43,4 +43,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from partcatseg.cli.errors import run_cli  # noqa: E402
+
+    sys.exit(run_cli(main, None, "collect_mask_labels.py"))

@@ -67,4 +67,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from partcatseg.cli.errors import run_cli  # noqa: E402
+
+    sys.exit(run_cli(main, None, "evaluate_predictions.py"))

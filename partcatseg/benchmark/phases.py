@@ -405,6 +405,14 @@ def run_benchmark(spec: BenchmarkSpec, phases: Sequence[str] = PHASES, isolate: 
         spec.text_cache_dir = tmp.name
     try:
         cfg = _cfg(spec)
+        # user errors (device, unregistered model, a missing or truncated weights file) before any phase starts
+        from ..engine.preflight import check_device, check_weights
+        from ..modeling import meta_architecture_class
+
+        check_device(cfg)
+        meta_architecture_class(cfg)
+        if spec.weights:
+            check_weights(spec.weights)
         report: dict[str, Any] = {
             "schema": SCHEMA,
             "config_file": spec.config_file,

@@ -6,6 +6,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
+from .errors import run_cli
 from ..benchmark import EXTRA_PHASES, OFFICIAL_PHASES, PHASES, BenchmarkSpec, format_table, run_benchmark, run_phase
 
 __all__ = ["build_parser", "main"]
@@ -58,9 +59,14 @@ def _child_main(argv: Sequence[str]) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``tools/benchmark.py``; user errors (config, weights, vocabulary) are one line and an exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--child-phase":
         return _child_main(argv)
+    return run_cli(_main, argv, "benchmark.py")
+
+
+def _main(argv: list) -> int:
     args = build_parser().parse_args(argv)
     phases = list(args.phases)
     if args.official_root:

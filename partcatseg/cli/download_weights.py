@@ -6,6 +6,7 @@ import os
 import sys
 from typing import Optional
 
+from .errors import run_cli
 from ..weights import (
     WEIGHTS,
     WEIGHTS_DIR_ENV,
@@ -21,6 +22,11 @@ __all__ = ["main"]
 
 
 def main(argv: Optional[list] = None) -> int:
+    """``tools/download_weights.py`` (see :func:`_main`), through the common error path."""
+    return run_cli(_main, argv, "download_weights.py")
+
+
+def _main(argv: list) -> int:
     """``tools/download_weights.py``: download / verify / list / install-from-file named checkpoints."""
     parser = argparse.ArgumentParser(
         prog="download_weights.py",
@@ -46,8 +52,8 @@ def main(argv: Optional[list] = None) -> int:
             present = (directory / spec.filename).is_file()
             state = "present" if present else ("not released" if not spec.available else "missing")
             print(f"  {spec.name:<26} {spec.filename:<36} {state:<12} {spec.description}")
-        if not args.names and not args.verify:
-            print("\nusage: download_weights.py NAME [NAME ...]   (--help for options)")
+        if not args.list:  # a bare call: say how to fetch (--list prints the table only)
+            print("\nfetch with: python tools/download_weights.py NAME [NAME ...]   (--help for options)")
         return 0
     if args.from_file:
         if len(args.names) != 1:

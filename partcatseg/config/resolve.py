@@ -55,6 +55,34 @@ def resolve_text_cache_dir(cfg: Any) -> Path:
     return Path(os.path.expanduser(cfg.MODEL.TEXT_CACHE_DIR or DEFAULT_TEXT_CACHE_DIR))
 
 
+# (key, lower bound, strict) of training/evaluation values whose wrong sign or zero only fails deep
+# inside torch (e.g. AdamW's "Invalid learning rate: -1.0", without the key).
+_RANGES = (
+    ("SOLVER.BASE_LR", 0.0, False),
+    ("SOLVER.MAX_ITER", 0, True),
+    ("SOLVER.IMS_PER_BATCH", 0, True),
+    ("SOLVER.CHECKPOINT_PERIOD", 0, True),
+    ("SOLVER.WEIGHT_DECAY", 0.0, False),
+    ("SOLVER.MOMENTUM", 0.0, False),
+    ("SOLVER.WARMUP_ITERS", 0, False),
+    ("SOLVER.CLIP_GRADIENTS.CLIP_VALUE", 0.0, False),
+    ("DATALOADER.NUM_WORKERS", 0, False),
+    ("TEST.EVAL_PERIOD", 0, False),
+    ("TEST.IMS_PER_BATCH", 0, True),
+)
+
+
+def _range_problems(cfg: Any) -> list[str]:
+    problems = []
+    for key, low, strict in _RANGES:
+        node = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        if (node <= low) if strict else (node < low):
+            problems.append(f"{key}={node!r}: expected a {'positive' if strict else 'non-negative'} number")
+    return problems
+
+
 def validate_framework_keys(cfg: Any) -> None:
     """Reject out-of-range values of the framework's own keys (official keys are left to consumers)."""
     problems = []
@@ -70,5 +98,6 @@ def validate_framework_keys(cfg: Any) -> None:
         problems.append(f"TEST.CLASS_CHUNK={cfg.TEST.CLASS_CHUNK!r}: expected 0 (off) or a positive int")
     if cfg.MODEL.DINO_INPUT_SIZE <= 0:
         problems.append(f"MODEL.DINO_INPUT_SIZE={cfg.MODEL.DINO_INPUT_SIZE!r}: expected a positive int")
+    problems += _range_problems(cfg)
     if problems:
         raise ConfigError("Invalid config values:\n  " + "\n  ".join(problems))

@@ -18,11 +18,41 @@ BASE_KEY = "_BASE_"
 Layer = Tuple[str, Dict[str, Any]]
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice with different values in one mapping.
+
+    PyYAML silently keeps the last value. A repeat with the same value is harmless and accepted (the
+    official ``base_partcatseg_config.yaml`` lists ``SOLVER.CHECKPOINT_PERIOD: 1000`` twice).
+    """
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
+    seen: Dict[Any, Tuple[int, Any]] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        value = loader.construct_object(value_node, deep=True)
+        try:
+            first = seen.get(key)
+        except TypeError:  # an unhashable key: the base constructor reports it
+            break
+        if first is not None and first[1] != value:
+            raise ConfigError(
+                f"'{loader.name}', line {key_node.start_mark.line + 1}: key '{key}' is given twice in the "
+                f"same mapping with different values ({first[1]!r} on line {first[0]}, {value!r} here); "
+                "remove one of them"
+            )
+        seen[key] = (key_node.start_mark.line + 1, value)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
 def _read_yaml_mapping(path: str) -> Dict[str, Any]:
     """Parse one YAML file that must hold a mapping (an empty file counts as an empty mapping)."""
     try:
         with open(path, "r", encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"Cannot parse config file '{path}' as YAML: {exc}") from exc
     if data is None:

@@ -37,7 +37,19 @@ BOX_MODE_XYWH_ABS = 1
 
 
 class DatasetFilesError(FileNotFoundError):
-    """A split's files are missing or inconsistent; the message says what is expected and how to fix it."""
+    """A split's files are missing or inconsistent; the message says what is expected and how to fix it.
+
+    ``summary`` (one line: what is missing, where) and ``fix`` (the command that prepares it) are set
+    when known, so a command line can report the problem in two lines without the layout listing.
+    """
+
+    def __init__(self, message: str, *, summary: str = "", fix: str = "") -> None:
+        super().__init__(message)
+        self.summary = summary or message.splitlines()[0]
+        self.fix = fix
+
+    def __str__(self) -> str:  # OSError would format (errno, strerror) pairs; keep the message
+        return str(self.args[0]) if self.args else ""
 
 
 def _is_hidden_junk(name: str) -> bool:
@@ -57,12 +69,15 @@ def file_stem(name: str) -> str:
 
 
 def missing_dir_error(dataset: str, path: str, layout: str, command: str, what: str = "directory") -> DatasetFilesError:
+    summary = f"{dataset}: expected {what} '{path}' does not exist"
     return DatasetFilesError(
-        f"{dataset}: expected {what} '{path}' does not exist.\n"
+        f"{summary}.\n"
         f"Expected layout under the dataset root ($DETECTRON2_DATASETS, default 'datasets'):\n"
         f"{layout.rstrip()}\n"
         f"Prepare it with:\n  {command}\n"
-        f"(see datasets/README.md)"
+        f"(see datasets/README.md)",
+        summary=summary,
+        fix=f"{command}   (datasets/README.md; dataset root: $DETECTRON2_DATASETS)",
     )
 
 

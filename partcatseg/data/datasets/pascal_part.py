@@ -31,6 +31,7 @@ from .common import (
     load_sem_seg,
     read_json,
     replace_path_component,
+    require_dir,
     require_file,
     require_files_exist,
 )
@@ -113,6 +114,9 @@ def load_obj_condition(
 ) -> list[dict[str, Any]]:
     """One record per (image, object id in the label-count json) with ``category_id`` (``load_binary_mask``)."""
     label_count_file = label_count_file or obj_label_count_path(gt_root)
+    # a dataset that is not there at all needs the download, not the label-count tool
+    require_dir(image_root, dataset, layout, command)
+    require_dir(gt_root, dataset, layout, command)
     require_file(label_count_file, dataset, layout, collect_command(gt_root))
     counts = read_json(label_count_file)
     records = load_obj_part_sem_seg(image_root, gt_root, dataset=dataset, layout=layout, command=command)

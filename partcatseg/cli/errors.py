@@ -1,0 +1,80 @@
+"""One error path for every command line.
+
+A user's mistake (a config typo, a missing file, a dataset that is not prepared, a bad vocabulary,
+a checkpoint that does not fit) is reported in one or two lines — what is wrong, where, what to do —
+with exit status 2 for usage and configuration errors and 1 for runtime failures. A genuine bug keeps
+its traceback. ``--debug`` (on any of our command lines) or ``PARTCATSEG_DEBUG=1`` shows the traceback
+for user errors too.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from typing import Callable, Optional, Sequence
+
+__all__ = ["UsageError", "USAGE_EXIT", "RUNTIME_EXIT", "DEBUG_ENV", "classify", "format_error", "run_cli", "debug_requested"]
+
+USAGE_EXIT = 2
+RUNTIME_EXIT = 1
+DEBUG_ENV = "PARTCATSEG_DEBUG"
+
+
+class UsageError(Exception):
+    """A wrong command line or option value (exit status 2)."""
+
+
+def debug_requested(argv: Sequence[str]) -> bool:
+    return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def classify(err: BaseException) -> Optional[str]:
+    """"usage" (exit 2), "runtime" (exit 1) for a user-facing error, None for a bug (traceback)."""
+    from ..checkpoint import CheckpointError
+    from ..config import ConfigError
+    from ..data.datasets.common import DatasetFilesError
+    from ..data.mappers import BadRecordError
+    from ..vocab import VocabularyError
+    from ..weights import WeightsError
+
+    if isinstance(err, (UsageError, ConfigError, VocabularyError)):
+        return "usage"
+    if isinstance(err, (CheckpointError, WeightsError, DatasetFilesError, BadRecordError)):
+        return "runtime"
+    if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return "runtime"
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return "runtime"
+    return None
+
+
+def format_error(err: BaseException) -> str:
+    """The one or two lines a user sees."""
+    from ..data.datasets.common import DatasetFilesError
+
+    if isinstance(err, DatasetFilesError) and err.fix:
+        return f"{err.summary}\n  to prepare it: {err.fix}"
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT) and err.filename:
+        return f"no space left on the device of {err.filename} ({err.strerror}); free some space and run again"
+    if isinstance(err, OSError) and type(err) in (FileNotFoundError, PermissionError) and err.filename:
+        return f"{err.strerror}: {err.filename}"
+    return str(err).strip() or type(err).__name__
+
+
+def run_cli(main: Callable[[list[str]], Optional[int]], argv: Optional[Sequence[str]], prog: str) -> int:
+    """Run ``main(argv)`` (``--debug`` removed) and turn user errors into a message and an exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(argv)
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        status = main(argv)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - classified below; bugs are re-raised with their traceback
+        kind = classify(err)
+        if kind is None or debug:
+            raise
+        print(f"{prog}: error: {format_error(err)}", file=sys.stderr)
+        return USAGE_EXIT if kind == "usage" else RUNTIME_EXIT
+    return 0 if status is None else int(status)
