@@ -10,11 +10,16 @@ same weights without shipping them.
 """
 from __future__ import annotations
 
+import os
+import sys
 import zlib
 from typing import Any, Sequence
 
 import torch
 from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout, for scripts
+from partcatseg.benchmark.accuracy import load_fixture  # noqa: E402  (the fixture reader the benchmark uses)
 
 __all__ = ["rule_tensor", "rule_state_dict", "load_fixture", "fixture_record", "load_rule_weights"]
 
@@ -42,18 +47,6 @@ def rule_state_dict(model: nn.Module, skip: tuple[str, ...] = ("attn_mask",)) ->
     return out
 
 
-def load_fixture(path: str) -> dict[str, Any]:
-    """A reference fixture (``torch.load``-able dict with ``config``, ``opts``, ``image``, ...)."""
-    try:
-        fx = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"parity fixture not found: {path}") from None
-    missing = [k for k in ("config", "opts", "image", "height", "width", "gt_object_class") if k not in fx]
-    if missing:
-        raise KeyError(f"{path} is not a parity fixture: missing keys {missing}")
-    return fx
-
-
 def fixture_record(fx: dict[str, Any]) -> dict[str, Any]:
     """The fixture's test record (Oracle-Obj: it carries the ground-truth object)."""
     return {"image": fx["image"], "height": fx["height"], "width": fx["width"], "object_class": fx["gt_object_class"]}
@@ -71,10 +64,7 @@ def load_rule_weights(model: nn.Module, fx: dict[str, Any]) -> nn.Module:
 def main(argv=None) -> int:
     """Write the fixture's rule-filled weights (for its config) as a detectron2-format checkpoint."""
     import argparse
-    import os
-    import sys
 
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from partcatseg.config import setup_cfg
     from partcatseg.modeling import build_model
 
