@@ -28,6 +28,15 @@ from partcatseg.vocab import PartVocabulary
 
 OFFICIAL = [f"configs/zero_shot/partclipseg_{d}_{s}.yaml" for d in ("voc", "ade", "partimagenet")
             for s in ("oracle", "pred_all")]
+# SHA-256 of the files in kaist-cvml/part-clipseg @ 8abceef (configs/zero_shot/)
+OFFICIAL_SHA256 = {
+    "partclipseg_ade_oracle.yaml": "22d0e59970672933d683c44ed0be6a02b39fcd1c9b6ad103594bdfafde8c2514",
+    "partclipseg_ade_pred_all.yaml": "8d2a71cb1297bff5c62f491e270275642168f20987407c4c1564b21682c380a1",
+    "partclipseg_partimagenet_oracle.yaml": "86c9d2dbd656a34795e63abafc1f4754145a3f4fcba6b8d7be266479335fd6d0",
+    "partclipseg_partimagenet_pred_all.yaml": "855f32393d9cd57a548a0884469b5a6882401094d8fcd000384700a630d4735f",
+    "partclipseg_voc_oracle.yaml": "8889439c78ea129a084d1ccc68a831f7a5d62fdab5cd5b8d9e2ae01fbf6e285b",
+    "partclipseg_voc_pred_all.yaml": "d5a28d8f81c857b68b987095aa2f661182c8b15bf18c49c4b970123045c8a628",
+}
 TOY = str(REPO / "configs/toy/partclipseg_toy.yaml")
 TINY = ["MODEL.DEVICE", "cpu", "MODEL.PARTCLIPSEG.ARCH", "tiny", "MODEL.PARTCLIPSEG.INPUT_SIZE", "96"]
 
@@ -56,6 +65,23 @@ def test_official_configs_load_unchanged(path):
     assert cfg.ORACLE == path.endswith(("oracle.yaml", "toy.yaml"))
     assert cfg.INPUT.FORMAT == "BGR"  # the official configs keep detectron2's default
     assert cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupPolyLR" and cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE == "full_model"
+
+
+def test_official_files_are_unmodified_and_merge_like_fvcore():
+    import hashlib
+
+    from fvcore.common.config import CfgNode as FvCfgNode
+
+    def plain(node):
+        return {k: plain(v) for k, v in node.items()} if isinstance(node, dict) else (
+            [plain(v) for v in node] if isinstance(node, (list, tuple)) else node)
+
+    for name, digest in OFFICIAL_SHA256.items():
+        path = REPO / "configs/zero_shot" / name
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, name
+        reference = FvCfgNode(plain(get_cfg()))
+        reference.merge_from_file(str(path))
+        assert plain(setup_cfg(str(path))) == plain(reference), name
 
 
 def test_defaults_are_the_official_fallbacks():
@@ -240,6 +266,15 @@ def test_loading_clipseg_weights_copies_the_branch_heads(tiny):
     assert torch.equal(other.decoder.cond_film_mul.weight, state["decoder.film_mul.weight"])
     assert torch.equal(other.decoder.part_obj_with_cond_embed[0].weight,
                        state["decoder.transposed_convolution.0.weight"])
+
+
+def test_bf16_inference_runs_and_returns_float32(tiny):
+    rec = {"image": _image(40, 56, 7), "height": 40, "width": 56, "object_class": 3}
+    ref = tiny([rec])[0]
+    tiny.inference_amp = "bf16"
+    out = tiny([rec])[0]
+    assert out["sem_seg"].dtype == out["sem_seg_all"].dtype == torch.float32
+    assert (out["sem_seg"] - ref["sem_seg"]).abs().max() < 0.05
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -49,6 +49,7 @@ from .partclipseg_losses import (
     merged_part_attention,
     partclipseg_bce_terms,
 )
+from .speed import autocast_context
 
 __all__ = ["PartCLIPSeg", "OFFICIAL_TRAINABLE", "clipseg_dims_from_config"]
 
@@ -157,6 +158,7 @@ class PartCLIPSeg(nn.Module):
             persistent=False,
         )
         self._text_cache: dict[tuple, tuple[tuple, torch.Tensor]] = {}
+        self.inference_amp = ""  # TEST.AMP (see .speed): "" = fp32, "bf16"/"fp16" = autocast the network
         self._train_maps: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         if trainable is not None:
             set_partclipseg_trainable(network, trainable)
@@ -395,17 +397,19 @@ class PartCLIPSeg(nn.Module):
         """
         vocab = self.test_vocab
         images = [self._test_image(x) for x in batched_inputs]
-        out = self.run_network(self.pixel_values(images), vocab)
+        self.text_conditions(vocab)  # fp32 and cached, outside autocast
+        with autocast_context(self.device, self.inference_amp):
+            out = self.run_network(self.pixel_values(images), vocab)
         _, obj_index = self._index_maps(vocab)
         num_parts = len(vocab.part_classes)
         results = []
         for i, record in enumerate(batched_inputs):
             height = int(record.get("height", record["image"].shape[-2]))
             width = int(record.get("width", record["image"].shape[-1]))
-            scores = torch.sigmoid(F.interpolate(out.part_obj_logits[i : i + 1], size=(height, width),
+            scores = torch.sigmoid(F.interpolate(out.part_obj_logits[i : i + 1].float(), size=(height, width),
                                                  mode="bilinear", align_corners=False))[0]
-            object_scores = torch.sigmoid(F.interpolate(out.logits[i : i + 1, num_parts:], size=(height, width),
-                                                        mode="bilinear", align_corners=False))[0]
+            object_scores = torch.sigmoid(F.interpolate(out.logits[i : i + 1, num_parts:].float(),
+                                                        size=(height, width), mode="bilinear", align_corners=False))[0]
             winner = F.one_hot(object_scores.argmax(0), num_classes=object_scores.shape[0]).permute(2, 0, 1)
             winner = winner.to(scores.dtype)
             gated = scores.clone()
