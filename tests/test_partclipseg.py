@@ -95,8 +95,8 @@ def test_defaults_are_the_official_fallbacks():
 
 
 def test_from_config_maps_the_keys():
-    cfg = setup_cfg(str(REPO / OFFICIAL[1]), TINY + ["MODEL.PARTCLIPSEG.OBJ_LAMBDA", "0.5",
-                                                       "MODEL.PARTCLIPSEG.FIX_TRAIN_COLOR", "True"])
+    opts = TINY + ["MODEL.PARTCLIPSEG.OBJ_LAMBDA", "0.5", "MODEL.PARTCLIPSEG.FIX_TRAIN_COLOR", "True"]
+    cfg = setup_cfg(str(REPO / OFFICIAL[1]), opts)
     kw = PartCLIPSeg.from_config(cfg)
     assert isinstance(kw["network"], PartCLIPSegNet)
     assert len(kw["train_vocab"]) == 74 and len(kw["test_vocab"]) == 116
@@ -483,3 +483,30 @@ def test_bce_terms_follow_the_official_definition():
     obj = F.binary_cross_entropy_with_logits(lp[..., 2:], gen[..., 2:], weight=torch.tensor([1.0, 0.05]))
     for key, value in (("part_obj_fg", fg), ("part_obj_bg", bg), ("part", part), ("obj", obj)):
         torch.testing.assert_close(terms[key], value)
+
+
+# --------------------------------------------------------------------------- official metric definitions
+def test_official_partclipseg_metrics_on_a_hand_computed_matrix():
+    from partcatseg.evaluation.partclipseg_metrics import partclipseg_metrics
+
+    names = ["a's x", "a's y", "b's z"]
+    base = {"base": [0, 1]}
+    # rows = prediction, columns = ground truth, bin 3 = ignore / background
+    pred_all = np.array([[5, 1, 0, 4], [0, 3, 1, 0], [1, 0, 2, 0], [2, 2, 1, 30]])
+    r = partclipseg_metrics(pred_all, names, oracle=False, evaluation_set=base)
+    ious = [5 / 9, 3 / 7, 2 / 5, 0.0]  # the ignore column is zeroed; background bin has IoU 0
+    assert r["mIoU"] == pytest.approx(100 * np.mean(ious))
+    assert r["IoU-a's x"] == pytest.approx(100 * 5 / 9) and "IoU-background" not in r
+    assert r["mIoU-base"] == pytest.approx(100 * (5 / 9 + 3 / 7) / 2)
+    assert r["mIoU-unbase"] == pytest.approx(100 * 2 / 5)  # the background bin has no GT: not averaged
+    a, b = r["mIoU-base"], r["mIoU-unbase"]
+    assert r["h-IoU"] == pytest.approx(2 * a * b / (a + b))
+    assert r["pAcc-base"] == pytest.approx(100 * 8 / 14)
+    assert r["mRecall-base"] == pytest.approx(100 * (5 / 8 + 3 / 6) / 2)
+    assert r["pACC"] == pytest.approx(100 * 10 / 18)
+
+    oracle = np.array([[5, 1, 0, 0], [0, 3, 0, 0], [2, 0, 0, 0], [0, 0, 0, 7]])  # class 2: predicted, no GT
+    r = partclipseg_metrics(oracle, names, oracle=True, evaluation_set=base)
+    assert np.isnan(r["IoU-b's z"])  # no GT: NaN (PartCATSeg's definition would give 0)
+    assert r["mIoU"] == pytest.approx(100 * (5 / 8 + 3 / 4) / 2)
+    assert r["mIoU-base"] == pytest.approx(100 * (5 / 8 + 3 / 4) / 2) and np.isnan(r["mIoU-unbase"])
