@@ -48,6 +48,7 @@ def main() -> None:
     pred_all_channels = cat + [61, 83, 85, 116]
     s, r = STRIDE_LOGITS, STRIDE_SCORES
     feats = inf["dec_part_obj_with_cond_embed_in"][FEATURE_CLASSES].clone()
+    splits = (("inference", inf), ("train", tr))
     ref = {
         "source": (
             f"official PartCLIPSeg {meta['official_commit'][:7]} ({meta['config_file']}), rule-filled weights; "
@@ -65,11 +66,11 @@ def main() -> None:
         "trainable_param_names": list(meta["trainable_param_names"]),
         "n_params_total": int(meta["n_params_total"]),
         "n_params_trainable": int(meta["n_params_trainable"]),
-        "pixel_values_sha256": {k: sha256_of(d["pixel_values"]) for k, d in (("inference", inf), ("train", tr))},
-        "pixel_values_crop": {k: d["pixel_values"][0, :, 160:192, 160:192].clone() for k, d in (("inference", inf), ("train", tr))},
-        "input_ids": {k: d["input_ids"].to(torch.int32) for k, d in (("inference", inf), ("train", tr))},
-        "attention_mask": {k: d["attention_mask"].to(torch.uint8) for k, d in (("inference", inf), ("train", tr))},
-        "conditional_embeddings": {k: d["conditional_embeddings"].clone() for k, d in (("inference", inf), ("train", tr))},
+        "pixel_values_sha256": {k: sha256_of(d["pixel_values"]) for k, d in splits},
+        "pixel_values_crop": {k: d["pixel_values"][0, :, 160:192, 160:192].clone() for k, d in splits},
+        "input_ids": {k: d["input_ids"].to(torch.int32) for k, d in splits},
+        "attention_mask": {k: d["attention_mask"].to(torch.uint8) for k, d in splits},
+        "conditional_embeddings": {k: d["conditional_embeddings"].clone() for k, d in splits},
         "logit_stride": s,
         "logit_channels": LOGIT_CHANNELS,
         "logits": inf["logits"][0, LOGIT_CHANNELS, ::s, ::s].clone(),

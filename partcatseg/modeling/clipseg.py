@@ -439,7 +439,8 @@ class PartCLIPSegDecoder(_decoder_base()):
         text_pairs = torch.cat([conditions[obj_index + object_text_offset], conditions[part_index]], dim=-1)
         bg_text = torch.cat([conditions[-1:], conditions[-1:]], dim=-1)
         reduced_text = self.reduce_cond_embed(torch.cat([text_pairs, bg_text], dim=0))  # (T+1, D)
-        features = self.cond_film_mul(reduced_text)[None, :, None] * mixed + self.cond_film_add(reduced_text)[None, :, None]
+        scale, shift = self.cond_film_mul(reduced_text)[None, :, None], self.cond_film_add(reduced_text)[None, :, None]
+        features = scale * mixed + shift
         return self._upsample(self.part_obj_with_cond_embed, features), features
 
 
