@@ -510,3 +510,20 @@ def test_official_partclipseg_metrics_on_a_hand_computed_matrix():
     assert np.isnan(r["IoU-b's z"])  # no GT: NaN (PartCATSeg's definition would give 0)
     assert r["mIoU"] == pytest.approx(100 * (5 / 8 + 3 / 4) / 2)
     assert r["mIoU-base"] == pytest.approx(100 * (5 / 8 + 3 / 4) / 2) and np.isnan(r["mIoU-unbase"])
+
+
+def test_every_trainable_parameter_of_the_toy_config_gets_a_gradient(toy_dataset):
+    """No unused trainable tensors (DDP needs no unused-parameter search)."""
+    cfg = setup_cfg(TOY, ["MODEL.DEVICE", "cpu"])
+    torch.manual_seed(0)
+    model = PartCLIPSeg(**PartCLIPSeg.from_config(cfg)).train()
+    model(_toy_like_batch())["loss_sem_seg"].backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+def _toy_like_batch() -> list[dict]:
+    obj = torch.full((48, 64), 255, dtype=torch.long)
+    part = torch.full((48, 64), 255, dtype=torch.long)
+    obj[8:40, 4:30], part[8:20, 4:30], part[20:40, 4:30] = 0, 0, 1  # robot: head, torso
+    obj[10:44, 34:60], part[10:24, 34:60], part[24:44, 34:60] = 1, 4, 5  # house: roof, wall
+    return [{"image": _image(48, 64, 9), "sem_seg": obj, "obj_part_sem_seg": part}]
