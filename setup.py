@@ -24,6 +24,7 @@ setup(
         "pycocotools>=2.0.6",
         "gdown>=4.7",
         "huggingface_hub>=0.20",
+        "transformers>=4.46",  # CLIPSeg (PartCLIPSeg); tested with 4.46, 4.57 and 5.x
         "tqdm>=4.60",
         "tabulate>=0.9",
         "tensorboard>=2.12",

@@ -503,6 +503,8 @@ def _build_defaults() -> CfgNode:
     add_catseg_config(cfg)
     add_official_yaml_extras(cfg)
     add_framework_config(cfg)
+    from .partclipseg_defaults import add_partclipseg_config  # PartCLIPSeg keys (official + framework)
+    add_partclipseg_config(cfg)
     return cfg
 
 
