@@ -90,8 +90,10 @@ _HF_CATSEG = "hamacojr/CAT-Seg"
 
 # Sources: CAT-Seg README (cvlab-kaist/CAT-Seg; CVPR-2024 files model_base/model_large, pre-CVPR
 # model_final_*), part-catseg README at b88ed3b (Drive ids after the authors' 2025-05 link fix; the
-# earlier Pascal link pointed at a PartCLIPSeg checkpoint). No author publishes sizes or hashes;
-# the part-catseg README only says "928M on Ubuntu / 885M on Google Drive".
+# earlier Pascal link pointed at a PartCLIPSeg checkpoint), part-clipseg README at 8abceef (its ADE
+# download comment names the VOC file by mistake; its file tree says partclipseg_ade_oracle.pth).
+# No author publishes sizes or hashes; the part-catseg README only says "928M on Ubuntu / 885M on
+# Google Drive".
 WEIGHTS: dict[str, WeightSpec] = {
     spec.name: spec
     for spec in (
@@ -120,6 +122,41 @@ WEIGHTS: dict[str, WeightSpec] = {
             config="configs/zero_shot/partcatseg_partimagenet.yaml",
             description="PartCATSeg, zero-shot PartImageNet",
             note="not released: the part-catseg README lists it as TBA",
+        ),
+        WeightSpec(
+            name="partclipseg_voc",
+            filename="partclipseg_voc_oracle.pth",
+            source="google_drive",
+            drive_id="1ytZpfutk__67GLwB-4jMClehJlnAzYFS",
+            config="configs/zero_shot/partclipseg_voc_oracle.yaml",
+            approx_size="≈829 MB",
+            description="PartCLIPSeg (NeurIPS 2024), zero-shot Pascal-Part-116 (Oracle-Obj and Pred-All configs)",
+        ),
+        WeightSpec(
+            name="partclipseg_ade",
+            filename="partclipseg_ade_oracle.pth",
+            source="google_drive",
+            drive_id="10UTxrlamYq2rq3Uuv1GdOxpLy8f-QXoz",
+            config="configs/zero_shot/partclipseg_ade_oracle.yaml",
+            approx_size="≈829 MB",
+            description="PartCLIPSeg (NeurIPS 2024), zero-shot ADE20K-Part-234",
+        ),
+        WeightSpec(
+            name="partclipseg_partimagenet",
+            filename="partclipseg_partimagenet_oracle.pth",
+            source="unreleased",
+            config="configs/zero_shot/partclipseg_partimagenet_oracle.yaml",
+            description="PartCLIPSeg, zero-shot PartImageNet",
+            note="not released by the authors",
+        ),
+        WeightSpec(
+            name="clipseg_rd64_refined",
+            filename="clipseg_rd64_refined.bin",
+            source="huggingface",
+            repo_id="CIDAS/clipseg-rd64-refined",
+            repo_file="pytorch_model.bin",
+            approx_size="≈603 MB",
+            description="CLIPSeg rd64-refined (transformers layout): PartCLIPSeg's training initialisation",
         ),
         WeightSpec(
             name="catseg_base",

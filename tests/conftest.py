@@ -1,6 +1,8 @@
 """Shared test fixtures: tiny model configs and paths to the copied reference data."""
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -60,3 +62,22 @@ def _offline_hubs(monkeypatch):
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     yield
 
+
+
+@pytest.fixture(scope="session")
+def small_toy_root(tmp_path_factory):
+    """A small toy part dataset (24 training, 6 validation images) for end-to-end tool runs."""
+    from partcatseg.data.datasets import make_toy_dataset
+
+    root = tmp_path_factory.mktemp("small_toy")
+    make_toy_dataset(str(root / "ToyPart"), seed=0, num_train=24, num_val=6)
+    return root
+
+
+def run_tool(args, dataset_root, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python ARGS`` from the checkout with ``$DETECTRON2_DATASETS`` set; fails with its output."""
+    env = dict(os.environ, DETECTRON2_DATASETS=str(dataset_root), PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, *map(str, args)], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=str(REPO))
+    assert proc.returncode == 0, f"{args[0]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc

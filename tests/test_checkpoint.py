@@ -18,6 +18,7 @@ ARCH_TSV = {
     "PartCATSeg": "partcatseg_voc.tsv",
     "partcatseg_baseline": "partcatseg_repo_catseg_baseline_voc.tsv",
     "cvpr2024": "catseg_cvpr_vitb_384.tsv",
+    "PartCLIPSeg": "partclipseg_voc.tsv",  # the ADE / PartImageNet configs have the same keys
 }
 
 
@@ -26,8 +27,8 @@ def _expected_shapes(cfg, model) -> dict[str, tuple]:
     from partcatseg.config import resolve_catseg_variant
 
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if cfg.MODEL.META_ARCHITECTURE == "PartCATSeg":
-        ref = read_tsv(ARCH_TSV["PartCATSeg"])
+    if cfg.MODEL.META_ARCHITECTURE in ("PartCATSeg", "PartCLIPSeg"):
+        ref = read_tsv(ARCH_TSV[cfg.MODEL.META_ARCHITECTURE])
     elif resolve_catseg_variant(cfg) == "cvpr2024":
         if cfg.MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED != "ViT-B/16":
             assert len(ours) == 652  # CAT-Seg ViT-L/14@336 (spec catseg §4); no extracted list
@@ -56,7 +57,11 @@ def test_every_shipped_config_builds_offline_and_loads_official_format(config, t
                                          "MODEL.TEXT_CACHE_DIR", str(tmp_path / "t")])
     model = build_model(cfg)
     shapes = _expected_shapes(cfg, model)
-    state = {k: rule_tensor(k, s) for k, s in shapes.items() if not k.endswith("attn_mask")}
+    own = model.state_dict()
+    # float entries by the fill rule; integer buffers (PartCLIPSeg's position_ids) as the model holds them
+    state = {k: rule_tensor(k, s) if own[k].is_floating_point() else own[k].clone()
+             for k, s in shapes.items() if not k.endswith("attn_mask")}
+    del own
     path = tmp_path / "official.pth"
     _official_file(path, state)
     del state
@@ -68,7 +73,8 @@ def test_every_shipped_config_builds_offline_and_loads_official_format(config, t
     # attn_mask buffers are deterministic constants: absent from the file is fine
     assert all(k.endswith("attn_mask") for k in report.missing)
     assert extra["iteration"] == 19999
-    key = "sem_seg_head.predictor.transformer.conv1.weight"
+    key = next(k for k in ("sem_seg_head.predictor.transformer.conv1.weight", "partclipseg_model.decoder.film_mul.weight")
+               if k in shapes)
     assert torch.equal(model.state_dict()[key], rule_tensor(key, shapes[key]))
 
 

@@ -79,7 +79,7 @@ def test_official_files_present_and_unmodified():
 @pytest.mark.parametrize("rel", ALL_SHIPPED)
 def test_every_shipped_yaml_loads(rel):
     cfg = _load(rel)
-    assert cfg.MODEL.META_ARCHITECTURE in ("CATSeg", "PartCATSeg")
+    assert cfg.MODEL.META_ARCHITECTURE in ("CATSeg", "PartCATSeg", "PartCLIPSeg")
 
 
 @pytest.mark.parametrize("rel", sorted(OFFICIAL_SHA256))

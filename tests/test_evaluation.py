@@ -220,7 +220,14 @@ def test_part_evaluator_oracle_and_pred_all(tmp_path):
 
     res = ev.evaluate()
     assert list(res) == ["oracle_obj", "pred_all"]
-    assert list(res["oracle_obj"]) == ["partcatseg", "ovparts"]
+    assert list(res["oracle_obj"]) == ["partcatseg", "ovparts", "partclipseg"]
+    # PartCLIPSeg's evaluator: Pred-All zeroes the ignore column, then the background bin (no GT, one
+    # prediction) has IoU 0 and counts in mIoU: (50 + 50 + 0 + 0) / 4; seen / unseen average the
+    # classes with GT only (head; body)
+    c = res["pred_all"]["partclipseg"]
+    assert c["mIoU"] == pytest.approx(25.0) and c["IoU-dog's head"] == pytest.approx(0.0)
+    assert (c["mIoU-base"], c["mIoU-unbase"], c["h-IoU"]) == pytest.approx((50.0, 50.0, 50.0))
+    assert res["oracle_obj"]["partclipseg"]["mIoU"] == pytest.approx((200 / 3 + 50) / 2)  # dog: no GT -> NaN
     o = res["oracle_obj"]["partcatseg"]
     # IoU head = 2/(2+3-2), body = 1/(2+1-1), dog NaN (no GT, no pred)
     assert o["IoU-cat's head"] == pytest.approx(200 / 3)
@@ -348,12 +355,14 @@ def test_part_from_metadata_and_tables():
     lines = text.splitlines()
     assert lines[0].startswith("partcatseg definition")
     assert any(line.startswith("ovparts definition") for line in lines)
+    assert any(line.startswith("partclipseg definition") for line in lines)
     oracle_rows = [line for line in lines if "Oracle-Obj" in line]
-    assert len(oracle_rows) == 2
+    assert len(oracle_rows) == 3
     assert "66.67" in oracle_rows[0] and "57.14" in oracle_rows[0]
     assert [line for line in lines if "Pred-All" in line] == [
         "| Pred-All   |  50.00 |    50.00 |   50.00 |",  # partcatseg
         "| Pred-All   |  25.00 |    50.00 |   33.33 |",  # ovparts
+        "| Pred-All   |  50.00 |    50.00 |   50.00 |",  # partclipseg
     ]
     flat = flatten_results(res)
     assert flat["oracle_obj/partcatseg/h-IoU"] == pytest.approx(57.142857142857)

@@ -24,7 +24,7 @@ from partcatseg.modeling.partclipseg_losses import (
     gaussian_kernel,
     partclipseg_bce_terms,
 )
-from partcatseg.vocab import PartVocabulary
+from partcatseg.vocab import Vocabulary
 
 OFFICIAL = [f"configs/zero_shot/partclipseg_{d}_{s}.yaml" for d in ("voc", "ade", "partimagenet")
             for s in ("oracle", "pred_all")]
@@ -99,8 +99,8 @@ def test_from_config_maps_the_keys():
     cfg = setup_cfg(str(REPO / OFFICIAL[1]), opts)
     kw = PartCLIPSeg.from_config(cfg)
     assert isinstance(kw["network"], PartCLIPSegNet)
-    assert len(kw["train_vocab"]) == 74 and len(kw["test_vocab"]) == 116
-    assert len(kw["train_obj_classes"]) == 15 and len(kw["test_obj_classes"]) == 20
+    assert len(kw["train_vocabulary"]) == 74 and len(kw["test_vocabulary"]) == 116
+    assert len(kw["train_vocabulary"].objects) == 15 and len(kw["test_vocabulary"].objects) == 20
     assert (kw["ignore_label"], kw["input_format"], kw["image_size"]) == (255, "BGR", 96)
     assert (kw["obj_lambda"], kw["use_attention"], kw["attn_levels"], kw["fix_train_color"]) == (0.5, True, (2,), True)
     model = PartCLIPSeg(**kw)
@@ -132,7 +132,7 @@ def test_construction_is_offline_and_applies_the_official_trainable_rule(tiny, m
 def test_untrained_logits_are_moderate(tiny):
     """transformers 5 draws a stand-alone decoder's weights with std 1; the network resets them."""
     with torch.no_grad():
-        out = tiny.run_network(tiny.pixel_values([_image(40, 60, 1)]), tiny.test_vocab)
+        out = tiny.run_network(tiny.pixel_values([_image(40, 60, 1)]), tiny.vocabulary)
     assert out.logits.abs().max() < 20 and out.part_obj_logits.abs().max() < 20
 
 
@@ -159,7 +159,7 @@ def test_tokenizer_pads_with_end_of_text():
 
 # --------------------------------------------------------------------------- inference contract
 def test_inference_outputs_oracle_rule_and_pred_all_gate(tiny):
-    vocab = tiny.test_vocab
+    vocab = tiny.vocabulary
     image = _image(70, 90, 2)
     sem_seg = torch.full((35, 45), 255, dtype=torch.long)
     sem_seg[:10, :10], sem_seg[20:, 20:] = 7, 14  # cat and person
@@ -216,27 +216,27 @@ def test_test_image_is_reread_from_file_like_the_official_inference(tiny, tmp_pa
 
 def test_text_features_are_cached_per_vocabulary_and_invalidated(tiny):
     net = tiny.network
-    first = tiny.text_conditions(tiny.test_vocab)
-    assert tiny.text_conditions(tiny.test_vocab) is first
+    first = tiny.text_conditions(tiny.vocabulary)
+    assert tiny.text_conditions(tiny.vocabulary) is first
     assert first.shape == (42 + 16 + 1, 64) and not first.requires_grad
     with torch.no_grad():
         net.non_object_embedding.mul_(2.0)
-    second = tiny.text_conditions(tiny.test_vocab)
+    second = tiny.text_conditions(tiny.vocabulary)
     assert second is not first
     torch.testing.assert_close(second[-1], 2 * first[-1])
     torch.testing.assert_close(second[:-1], first[:-1])
     with torch.no_grad():
         net.clip.text_model.embeddings.token_embedding.weight.add_(0.1)
-    assert not torch.allclose(tiny.text_conditions(tiny.test_vocab)[:-1], first[:-1])
+    assert not torch.allclose(tiny.text_conditions(tiny.vocabulary)[:-1], first[:-1])
 
 
 def test_custom_vocabulary(tiny):
-    vocab = PartVocabulary.from_objects({"teapot": ["spout", "lid"], "owl": ["beak", "wing", "lid"]})
-    tiny.set_test_vocabulary(vocab)
+    vocab = Vocabulary.from_objects({"teapot": ["spout", "lid"], "owl": ["beak", "wing", "lid"]})
+    tiny.set_vocabulary(vocab)
     assert tiny.prompts(vocab) == ["beak", "lid", "spout", "wing", "owl", "teapot"]
     out = tiny([{"image": _image(48, 48, 4), "height": 48, "width": 48, "object_class": 1}])[0]
     assert out["sem_seg"].shape == (5, 48, 48) and out["sem_seg_all"].shape == (6, 48, 48)
-    assert tiny.test_obj_classes == ["owl", "teapot"]  # sorted object names (PartVocabulary)
+    assert tiny.vocabulary.objects == ["owl", "teapot"]  # sorted object names (derived)
     assert (out["sem_seg"][:2] > 0).all() and (out["sem_seg"][2:] == 0).all()  # teapot's classes kept
 
 
@@ -250,8 +250,7 @@ def test_checkpoint_round_trip(tiny, tmp_path):
 
 
 def _kwargs_of(model: PartCLIPSeg) -> dict:
-    return dict(train_vocab=model.train_vocab, test_vocab=model.test_vocab,
-                train_obj_classes=model.train_obj_classes, test_obj_classes=model.test_obj_classes,
+    return dict(train_vocabulary=model.train_vocabulary, test_vocabulary=model.vocabulary,
                 image_size=model.image_size)
 
 
@@ -268,10 +267,30 @@ def test_loading_clipseg_weights_copies_the_branch_heads(tiny):
                        state["decoder.transposed_convolution.0.weight"])
 
 
+def test_training_from_scratch_loads_the_clipseg_checkpoint(tiny, tmp_path):
+    """The official init (from_pretrained of CLIPSeg rd64-refined) through the protocol's load_pretrained."""
+    from safetensors.torch import save_file
+
+    state = {k: v.clone().contiguous() + 0.5 for k, v in tiny.network.state_dict().items()
+             if k.startswith(("clip.", "decoder.film", "decoder.transposed", "decoder.reduces", "decoder.layers"))
+             and v.is_floating_point()}
+    save_file(state, str(tmp_path / "clipseg.safetensors"))
+    cfg = setup_cfg(str(REPO / OFFICIAL[0]), TINY + ["MODEL.PARTCLIPSEG.INIT_WEIGHTS", str(tmp_path / "clipseg.safetensors")])
+    model = PartCLIPSeg(**PartCLIPSeg.from_config(cfg))
+    assert model.load_pretrained(None) == [str(tmp_path / "clipseg.safetensors")]
+    net = model.network
+    assert torch.equal(net.decoder.film_mul.weight, state["decoder.film_mul.weight"])
+    assert torch.equal(net.decoder.cond_film_mul.weight, state["decoder.film_mul.weight"])  # the branch copy
+    # a checkpoint that provides the network: nothing is read
+    assert model.load_pretrained([]) == []
+    assert PartCLIPSeg.from_config(setup_cfg(str(REPO / OFFICIAL[0]), TINY))["init_weights"] == ""
+    assert PartCLIPSeg.from_config(setup_cfg(str(REPO / OFFICIAL[0])))["init_weights"] == "clipseg_rd64_refined"
+
+
 def test_bf16_inference_runs_and_returns_float32(tiny):
     rec = {"image": _image(40, 56, 7), "height": 40, "width": 56, "object_class": 3}
     ref = tiny([rec])[0]
-    tiny.inference_amp = "bf16"
+    tiny.inference_amp = "bf16"  # TEST.AMP bf16 (a constructor argument; set here on the same weights)
     out = tiny([rec])[0]
     assert out["sem_seg"].dtype == out["sem_seg_all"].dtype == torch.float32
     assert (out["sem_seg"] - ref["sem_seg"]).abs().max() < 0.05
@@ -487,7 +506,7 @@ def test_bce_terms_follow_the_official_definition():
 
 # --------------------------------------------------------------------------- official metric definitions
 def test_official_partclipseg_metrics_on_a_hand_computed_matrix():
-    from partcatseg.evaluation.partclipseg_metrics import partclipseg_metrics
+    from partcatseg.evaluation.metrics import partclipseg_metrics
 
     names = ["a's x", "a's y", "b's z"]
     base = {"base": [0, 1]}

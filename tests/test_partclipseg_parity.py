@@ -51,7 +51,7 @@ def model(tmp_path_factory):
 def test_run(model, ref):
     """One network run on the test image (RGB, as the official inference reads it)."""
     with torch.no_grad():
-        return model.run_network(model.pixel_values([ref["image"]]), model.test_vocab)
+        return model.run_network(model.pixel_values([ref["image"]]), model.vocabulary)
 
 
 def test_state_dict_equals_official_keys_shapes_and_order(model, ref):
@@ -71,9 +71,9 @@ def test_state_dict_equals_official_keys_shapes_and_order(model, ref):
 
 
 def test_vocabulary_tokens_and_pixel_values(model, ref):
-    assert list(model.test_vocab.classes) == ref["test_text_classes"]
-    assert model.test_obj_classes == ref["test_obj_classes"]
-    for split, vocab in (("inference", model.test_vocab), ("train", model.train_vocab)):
+    assert list(model.vocabulary.classes) == ref["test_text_classes"]
+    assert model.vocabulary.objects == ref["test_obj_classes"]
+    for split, vocab in (("inference", model.vocabulary), ("train", model.train_vocabulary)):
         prompts = model.prompts(vocab)
         assert prompts == ref[f"{'test' if split == 'inference' else 'train'}_prompts"]
         ids, mask = clipseg_tokenize(prompts)
@@ -89,7 +89,7 @@ def test_vocabulary_tokens_and_pixel_values(model, ref):
 
 def test_text_features_and_logits(model, ref, test_run):
     with torch.no_grad():
-        for split, vocab in (("inference", model.test_vocab), ("train", model.train_vocab)):
+        for split, vocab in (("inference", model.vocabulary), ("train", model.train_vocabulary)):
             conditions = model.text_conditions(vocab)
             torch.testing.assert_close(conditions, ref["conditional_embeddings"][split], atol=2e-4, rtol=0)
     out = test_run
@@ -110,7 +110,7 @@ def _features(part_obj_features, ref):
 
 def test_object_text_lookup_is_the_official_one(model, ref, test_run):
     """The text side reads condition ``obj_index`` (a part's embedding), not ``P + obj_index``."""
-    vocab = model.test_vocab
+    vocab = model.vocabulary
     part_index, obj_index = model._index_maps(vocab)
     num_parts = len(vocab.part_classes)
     with torch.no_grad():
@@ -123,7 +123,7 @@ def test_object_text_lookup_is_the_official_one(model, ref, test_run):
 
 def _object_margin(model, out, height, width):
     """Top-2 margin of the object + background scores that gate Pred-All (our own values)."""
-    p = len(model.test_vocab.part_classes)
+    p = len(model.vocabulary.part_classes)
     scores = torch.sigmoid(F.interpolate(out.logits[:, p:], size=(height, width), mode="bilinear"))[0]
     top = scores.topk(2, dim=0).values
     return top[0] - top[1]
@@ -172,7 +172,7 @@ def test_oracle_and_pred_all_scores(model, ref, test_run):
     ties_all = gate_ties | (_top2_margin(out["sem_seg_all"]) < TIE)
     _assert_argmax_equal_except_ties(out["sem_seg_all"].argmax(0), ref["pred_all_argmax"], ties_all)
     # the gate: each pixel keeps the classes of one object (or only the background)
-    obj_of_class = torch.tensor(model.test_vocab.class_to_object)
+    obj_of_class = torch.tensor(model.vocabulary.class_to_object)
     winners = out["sem_seg_all"][:-1].gt(0)
     for y, x in [(100, 80), (60, 200), (10, 10), (180, 250)]:
         kept = obj_of_class[winners[:, y, x]].unique()

@@ -8,37 +8,17 @@ tools/benchmark.py.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import REPO, TESTS
+from conftest import REPO, TESTS, run_tool
 
 from partcatseg.vocab import get_part_dataset
 
 PLUGIN = str(TESTS / "plugins" / "tiny_meta_arch.py")
 TOY_CFG = str(REPO / "configs/toy/partcatseg_toy.yaml")
 ARCH = ["MODEL.META_ARCHITECTURE", "TinyPixelMatcher", "MODEL.PLUGINS", f"['{PLUGIN}']", "MODEL.DEVICE", "cpu"]
-
-
-def _run(args, toy_root, timeout=600):
-    env = dict(os.environ, DETECTRON2_DATASETS=str(toy_root), PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout,
-                          cwd=str(REPO))
-    assert proc.returncode == 0, f"{args[0]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
-
-
-@pytest.fixture(scope="module")
-def toy_root(tmp_path_factory):
-    from partcatseg.data.datasets import make_toy_dataset
-
-    root = tmp_path_factory.mktemp("datasets")
-    make_toy_dataset(str(root / "ToyPart"), seed=0, num_train=24, num_val=6)
-    return root
 
 
 def test_plugin_registers_on_import_and_builds(tmp_path):
@@ -70,18 +50,19 @@ def test_unknown_plugin_and_architecture_are_config_errors(tmp_path):
 
 
 @pytest.mark.slow
-def test_plugin_through_train_net_demo_evaluator_and_benchmark(toy_root, tmp_path):
+def test_plugin_through_train_net_demo_evaluator_and_benchmark(small_toy_root, tmp_path):
+    toy_root = small_toy_root
     out = tmp_path / "train"
     common = ARCH + ["MODEL.TEXT_CACHE_DIR", str(tmp_path / "text")]
     # 1. training (+ the evaluation at the end), then --eval-only of the trained weights
-    _run([str(REPO / "train_net.py"), "--config-file", TOY_CFG, *common, "OUTPUT_DIR", str(out),
+    run_tool([str(REPO / "train_net.py"), "--config-file", TOY_CFG, *common, "OUTPUT_DIR", str(out),
           "SOLVER.MAX_ITER", "30", "SOLVER.CHECKPOINT_PERIOD", "30", "TEST.EVAL_PERIOD", "0"], toy_root)
     assert (out / "model_final.pth").is_file()
     metrics = [json.loads(x) for x in (out / "metrics.json").read_text().splitlines()]
     assert any("term_pixel_accuracy" in m for m in metrics)  # a non-loss entry of the loss dict is logged
     evaluated = tmp_path / "eval"
-    proc = _run([str(REPO / "train_net.py"), "--config-file", TOY_CFG, "--eval-only", *common,
-                 "OUTPUT_DIR", str(evaluated), "MODEL.WEIGHTS", str(out / "model_final.pth")], toy_root)
+    proc = run_tool([str(REPO / "train_net.py"), "--config-file", TOY_CFG, "--eval-only", *common,
+                     "OUTPUT_DIR", str(evaluated), "MODEL.WEIGHTS", str(out / "model_final.pth")], toy_root)
     table = (evaluated / "inference" / "results_table.txt").read_text()
     assert "Oracle-Obj" in table and "Pred-All" in table and "Oracle-Obj" in proc.stdout + proc.stderr
     ours = json.loads((evaluated / "inference" / "toy_obj_part_sem_seg_val_obj_condition" /
@@ -90,7 +71,7 @@ def test_plugin_through_train_net_demo_evaluator_and_benchmark(toy_root, tmp_pat
     # 2. the demo on the toy validation images (the config's test vocabulary = the dataset's classes)
     images = sorted((toy_root / "ToyPart" / "images" / "val").iterdir())
     demo_out = tmp_path / "demo"
-    _run(["-m", "partcatseg.cli.demo", "--config-file", TOY_CFG, "--input", *map(str, images),
+    run_tool(["-m", "partcatseg.cli.demo", "--config-file", TOY_CFG, "--input", *map(str, images),
           "--output", str(demo_out), "--quiet", *common, "MODEL.WEIGHTS", str(out / "model_final.pth")], toy_root)
     summary = json.loads((demo_out / f"{images[0].stem}.json").read_text())
     assert summary["vocabulary_classes"] == list(get_part_dataset("toy_part").class_names)
@@ -101,7 +82,7 @@ def test_plugin_through_train_net_demo_evaluator_and_benchmark(toy_root, tmp_pat
     preds.mkdir(parents=True)
     for im in images:
         shutil.copy(demo_out / f"{im.stem}_labels.png", preds / f"{im.stem}.png")
-    proc = _run([str(REPO / "tools/evaluate_predictions.py"), "--dataset", "toy_obj_part_sem_seg_val",
+    proc = run_tool([str(REPO / "tools/evaluate_predictions.py"), "--dataset", "toy_obj_part_sem_seg_val",
                  "--predictions", str(tmp_path / "preds"), "--output", str(tmp_path / "scored")], toy_root)
     assert "Pred-All" in proc.stdout
     scored = json.loads((tmp_path / "scored" / "part_seg_results.json").read_text())
@@ -110,7 +91,7 @@ def test_plugin_through_train_net_demo_evaluator_and_benchmark(toy_root, tmp_pat
 
     # 4. the benchmark
     bench = tmp_path / "bench.json"
-    _run([str(REPO / "tools/benchmark.py"), "--config-file", TOY_CFG, "--phases", "build", "text_cold",
+    run_tool([str(REPO / "tools/benchmark.py"), "--config-file", TOY_CFG, "--phases", "build", "text_cold",
           "text_cached", "inference", "train_step", "--repeats", "1", "--warmup", "0", "--image-size", "32", "40",
           "--json", str(bench), *common], toy_root)
     report = json.loads(bench.read_text())

@@ -32,6 +32,10 @@ def add_partclipseg_config(cfg: CfgNode) -> None:
     # Network size: "" = CLIPSeg rd64-refined (the official model; ViT-B/16, decoder width 64);
     # "tiny" = the reduced widths of MODEL.TINY_CLIPSEG (toy configs and tests, CPU training).
     p.ARCH = ""
+    # Training from scratch: the CLIPSeg checkpoint loaded into what MODEL.WEIGHTS does not provide
+    # (officially from_pretrained("CIDAS/clipseg-rd64-refined") at construction); a weights name or a
+    # path; "auto" = clipseg_rd64_refined for the official size, nothing for "tiny"; "" = keep random.
+    p.INIT_WEIGHTS = "auto"
     # Side of the square CLIPSeg input (the processor's resize; 352 officially).
     p.INPUT_SIZE = 352
     # Inference re-reads record["file_name"] with PIL as the official code does (it ignores the mapper's

@@ -6,8 +6,8 @@ Pure numpy, no I/O, no torch. Conventions (shared with detectron2's ``SemSegEval
   truth**; index ``N`` is the "ignore" bin (ignored GT pixels, and in Pred-All also background predictions);
 * every reported number is a percentage (x100).
 
-Two definitions of the seen/unseen ("base"/"unbase") averages exist in the literature and are both
-computed, under explicit names, by :func:`compute_metrics`:
+Three definitions of the seen/unseen ("base"/"unbase") averages exist in the literature and are all
+computed, under explicit names, by :func:`compute_metrics` from the same matrices:
 
 ``"partcatseg"`` (PartCATSeg's ``partcatseg_evaluation.py``, the paper's numbers)
     mean of per-class IoU over the subset's classes whose IoU is **> 0** (zeros and NaN dropped).
@@ -16,6 +16,11 @@ computed, under explicit names, by :func:`compute_metrics`:
     ``sum(IoU of classes with GT) / #classes with GT or predictions`` — zero-IoU classes and classes
     that are only predicted count in the denominator. Keys are always present (NaN if the
     denominator is 0), as in OV-PARTS.
+``"partclipseg"`` (PartCLIPSeg's ``partclipseg_evaluation.py``)
+    mean IoU over the subset's classes **with GT**, zeros included; Oracle-Obj counts on the N x N
+    block with a class IoU only where the class has GT (predicted-only classes leave the mean),
+    Pred-All first zeroes the ignore column and counts the background bin. ``pAcc-<set>`` and
+    ``mRecall-<set>`` are reported per subset. Boundary IoU is not computed.
 """
 from __future__ import annotations
 
@@ -30,13 +35,14 @@ __all__ = [
     "compute_metrics",
     "partcatseg_metrics",
     "ovparts_metrics",
+    "partclipseg_metrics",
     "semseg_metrics",
     "harmonic_mean",
     "DEFINITIONS",
 ]
 
-#: The two named subset-metric definitions, in the order they appear in result dicts.
-DEFINITIONS = ("partcatseg", "ovparts")
+#: The named subset-metric definitions, in the order they appear in result dicts.
+DEFINITIONS = ("partcatseg", "ovparts", "partclipseg")
 
 
 def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
@@ -196,13 +202,90 @@ def ovparts_metrics(
     return res
 
 
+def partclipseg_metrics(
+    conf: np.ndarray,
+    class_names: Sequence[str],
+    oracle: bool,
+    evaluation_set: Optional[Mapping[str, Sequence[int]]] = None,
+) -> Dict[str, float]:
+    """Official PartCLIPSeg ``evaluate()`` on an (N+1) x (N+1) matrix; values in percent.
+
+    Args:
+        conf: the Oracle-Obj matrix (``oracle=True``) or the Pred-All matrix (``oracle=False``).
+        class_names: the N class names.
+        evaluation_set: ``{"base": [indices]}`` (dataset metadata); each set s also yields "un" + s.
+    """
+    n = len(class_names)
+    conf = np.array(conf, dtype=np.int64, copy=True)
+    if conf.shape != (n + 1, n + 1):
+        raise ValueError(f"confusion matrix of shape {conf.shape} does not match {n} class names")
+    if oracle:
+        tp = np.diagonal(conf)[:-1].astype(np.float64)
+        pos_gt = conf[:-1, :-1].sum(axis=0).astype(np.float64)
+        pos_pred = conf[:-1, :-1].sum(axis=1).astype(np.float64)
+    else:
+        conf[:, -1] = 0  # "without GT background"
+        tp = np.diagonal(conf).astype(np.float64)
+        pos_gt = conf.sum(axis=0).astype(np.float64)
+        pos_pred = conf.sum(axis=1).astype(np.float64)
+    k = tp.size
+    acc, iou, recall = (np.full(k, np.nan) for _ in range(3))
+    res: Dict[str, float] = {}
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of all-NaN slices, 0/0, as officially
+        recall_valid = pos_gt > 0
+        class_weights = pos_gt / np.sum(pos_gt)
+        acc[recall_valid] = tp[recall_valid] / pos_gt[recall_valid]
+        union = pos_gt + pos_pred - tp
+        iou_valid = (pos_gt + pos_pred) > 0
+        if oracle:
+            iou[recall_valid] = tp[recall_valid] / union[recall_valid]
+        else:
+            iou[iou_valid] = tp[iou_valid] / union[iou_valid]
+        recall[recall_valid] = tp[recall_valid] / pos_gt[recall_valid]
+
+        res["mIoU"] = 100 * float(np.nanmean(iou))
+        res["fwIoU"] = 100 * float(np.nansum(iou * class_weights))
+        for i, name in enumerate(class_names):
+            res[f"IoU-{name}"] = 100 * float(iou[i])
+        res["mACC"] = 100 * float(np.nanmean(acc))
+        res["pACC"] = 100 * float(np.nansum(tp) / np.nansum(pos_gt))
+        res["mRecall"] = 100 * float(np.nanmean(recall))
+        for i, name in enumerate(class_names):
+            res[f"ACC-{name}"] = 100 * float(acc[i])
+            res[f"Recall-{name}"] = 100 * float(recall[i])
+
+        for set_name, inds in (evaluation_set or {}).items():
+            mask = np.zeros(k, dtype=bool)
+            mask[np.asarray(list(inds), dtype=int)] = True
+            for suffix, m in ((set_name, mask), ("un" + set_name, ~mask)):
+                iou_ok = (recall_valid if oracle else iou_valid) & m
+                if np.any(iou_ok):
+                    if oracle:
+                        miou = np.nanmean(iou[m])
+                    else:
+                        miou = np.sum(iou[m][recall_valid[m]]) / np.sum(recall_valid[m])
+                else:
+                    miou = np.nan
+                acc_ok = recall_valid & m
+                mrecall = np.nanmean(recall[acc_ok]) if np.any(acc_ok) else np.nan
+                pacc = np.nansum(tp[m]) / np.nansum(pos_gt[m]) if np.nansum(pos_gt[m]) > 0 else np.nan
+                res[f"mIoU-{suffix}"] = 100 * float(miou)
+                res[f"pAcc-{suffix}"] = 100 * float(pacc)
+                res[f"mRecall-{suffix}"] = 100 * float(mrecall)
+    if "mIoU-base" in res and "mIoU-unbase" in res:
+        res["h-IoU"] = harmonic_mean(res["mIoU-base"], res["mIoU-unbase"])
+        res["h-Recall"] = harmonic_mean(res["mRecall-base"], res["mRecall-unbase"])
+    return res
+
+
 def compute_metrics(
     conf: np.ndarray,
     class_names: Sequence[str],
     include_last_class: bool = False,
     evaluation_set: Optional[Mapping[str, Sequence[int]]] = None,
 ) -> Dict[str, Dict[str, float]]:
-    """Both definitions on one matrix: ``{"partcatseg": {...}, "ovparts": {...}}``.
+    """Every definition on one matrix: ``{"partcatseg": {...}, "ovparts": {...}, "partclipseg": {...}}``.
 
     ``evaluation_set`` maps a set name to class indices (PartCATSeg metadata: ``{"base": [...]}``);
     each set ``s`` yields ``mIoU-s`` and ``mIoU-un s`` (its complement), and ``h-IoU`` is derived
@@ -211,6 +294,8 @@ def compute_metrics(
     return {
         "partcatseg": partcatseg_metrics(conf, class_names, include_last_class, evaluation_set),
         "ovparts": ovparts_metrics(conf, class_names, include_last_class, evaluation_set),
+        # the Pred-All matrix is the one counted with its last (background) class
+        "partclipseg": partclipseg_metrics(conf, class_names, not include_last_class, evaluation_set),
     }
 
 

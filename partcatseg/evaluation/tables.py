@@ -25,6 +25,7 @@ _SETTING_LABELS = (("oracle_obj", "Oracle-Obj"), ("pred_all", "Pred-All"))
 _DEFINITION_TITLES = {
     "partcatseg": "partcatseg definition (PartCATSeg paper: mean over classes with IoU > 0)",
     "ovparts": "ovparts definition (OV-PARTS: mean over classes with GT or predictions, zeros counted)",
+    "partclipseg": "partclipseg definition (PartCLIPSeg's evaluator: mean over classes with GT, zeros counted)",
 }
 
 

@@ -30,14 +30,20 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Modules whose import registers the built-in meta-architectures (imported lazily: they pull in
-# open_clip and timm, which `import partcatseg.modeling` alone should not).
-BUILTIN_MODEL_MODULES = ("partcatseg.modeling.partcatseg", "partcatseg.modeling.catseg")
+# The module whose import registers each built-in meta-architecture. Imported when the name is asked
+# for: they pull in open_clip / timm / transformers, which `import partcatseg.modeling` alone should not.
+BUILTIN_MODEL_MODULES: dict[str, str] = {
+    "PartCATSeg": "partcatseg.modeling.partcatseg",
+    "CATSeg": "partcatseg.modeling.catseg",
+    "CATSegBaseline": "partcatseg.modeling.catseg",
+    "PartCLIPSeg": "partcatseg.modeling.partclipseg",
+}
 
 
-def register_builtin_models() -> None:
-    for name in BUILTIN_MODEL_MODULES:
-        importlib.import_module(name)
+def register_builtin_models(names: Sequence[str] = ()) -> None:
+    """Import the modules of the built-in ``names`` (all of them when empty)."""
+    for module in sorted({BUILTIN_MODEL_MODULES[n] for n in (names or BUILTIN_MODEL_MODULES) if n in BUILTIN_MODEL_MODULES}):
+        importlib.import_module(module)
 
 
 def _import_file(path: str) -> ModuleType:
@@ -84,9 +90,10 @@ def meta_architecture_class(cfg: Any) -> type:
 
     Lets callers check the model's ``task`` before paying for the model's construction.
     """
-    register_builtin_models()
     import_plugins(cfg.MODEL.PLUGINS)
     name = resolve_meta_architecture(cfg)
+    if name not in META_ARCH_REGISTRY:
+        register_builtin_models([name])
     if name not in META_ARCH_REGISTRY:
         raise ConfigError(
             f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r} is not registered; known: "

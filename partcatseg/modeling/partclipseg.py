@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..vocab import PartVocabulary, label_maps
+from ..vocab import Vocabulary, dataset_ignore_label, label_maps, split_part_name
+from . import config_map
 from .clipseg import IMAGENET_MEAN, IMAGENET_STD, PartCLIPSegNet, clipseg_config, clipseg_pixel_values, clipseg_tokenize
 from .partclipseg_losses import (
     attention_control_losses,
@@ -49,6 +50,8 @@ from .partclipseg_losses import (
     merged_part_attention,
     partclipseg_bce_terms,
 )
+from .meta_arch import META_ARCH_REGISTRY, SegmentationModel, record_object_index
+from .pretrained import PretrainedComponent, fill_pretrained
 from .speed import autocast_context
 
 __all__ = ["PartCLIPSeg", "OFFICIAL_TRAINABLE", "clipseg_dims_from_config"]
@@ -59,19 +62,15 @@ logger = logging.getLogger(__name__)
 OFFICIAL_TRAINABLE = ("visual_adapter", "clip.text_model.embeddings", "film", "decoder")
 
 
-def _official_object_of(name: str) -> str:
-    """The object of a class name as the official Oracle rule splits it (no strip)."""
-    return name.split("'s", 1)[0]
-
-
-class PartCLIPSeg(nn.Module):
+@META_ARCH_REGISTRY.register()
+class PartCLIPSeg(SegmentationModel):
     """Open-vocabulary part segmentation with CLIPSeg (Choi et al., NeurIPS 2024).
 
     Args:
         network: the :class:`PartCLIPSegNet` (registered as ``partclipseg_model``, the official key).
-        train_vocab / test_vocab: object-specific part vocabularies ("cat's head", ...).
-        train_obj_classes: object list whose ids appear in training ``sem_seg`` maps.
-        test_obj_classes: object list that inference's ``sem_seg`` / ``object_class`` index.
+        train_vocabulary / test_vocabulary: object-specific part vocabularies ("cat's head", ...);
+            their ``objects`` are what training ``sem_seg`` ids and inference ``sem_seg`` /
+            ``object_class`` index.
         ignore_label: ignore id of the label maps (the test dataset's, as officially).
         input_format: channel order of ``record["image"]`` ("RGB" or "BGR", ``INPUT.FORMAT``).
         image_size, pixel_mean, pixel_std: the CLIPSeg processor (352, ImageNet mean/std in [0, 1]).
@@ -95,10 +94,8 @@ class PartCLIPSeg(nn.Module):
         self,
         *,
         network: PartCLIPSegNet,
-        train_vocab: PartVocabulary,
-        test_vocab: PartVocabulary,
-        train_obj_classes: Sequence[str],
-        test_obj_classes: Sequence[str],
+        train_vocabulary: Vocabulary,
+        test_vocabulary: Vocabulary,
         ignore_label: int = 255,
         input_format: str = "BGR",
         image_size: int = 352,
@@ -121,21 +118,16 @@ class PartCLIPSeg(nn.Module):
         fix_attn_object_list: bool = False,
         fix_smoothing_sigma: bool = False,
         trainable: Optional[Sequence[str]] = OFFICIAL_TRAINABLE,
+        inference_amp: str = "",
+        init_weights: str = "",
     ) -> None:
-        super().__init__()
-        if input_format not in ("RGB", "BGR"):
-            raise ValueError(f"input_format must be 'RGB' or 'BGR', got {input_format!r}")
+        super().__init__(train_vocabulary=train_vocabulary, test_vocabulary=test_vocabulary, input_format=input_format)
         num_decoder_layers = len(network.decoder.layers)
         bad = [lvl for lvl in attn_levels if not 0 <= int(lvl) < num_decoder_layers]
         if use_attention and (not attn_levels or bad):
             raise ValueError(f"attn_levels {list(attn_levels)} must index the {num_decoder_layers} decoder layers")
         self.partclipseg_model = network
-        self.train_vocab = train_vocab
-        self.test_vocab = test_vocab
-        self.train_obj_classes = list(train_obj_classes)
-        self.test_obj_classes = list(test_obj_classes)
         self.ignore_label = int(ignore_label)
-        self.input_format = input_format
         self.image_size = int(image_size)
         self.pixel_mean = tuple(float(v) for v in pixel_mean)
         self.pixel_std = tuple(float(v) for v in pixel_std)
@@ -157,8 +149,10 @@ class PartCLIPSeg(nn.Module):
             gaussian_kernel(smoothing_kernel_size, smoothing_sigma, official=not fix_smoothing_sigma),
             persistent=False,
         )
+        self.init_weights = init_weights
         self._text_cache: dict[tuple, tuple[tuple, torch.Tensor]] = {}
-        self.inference_amp = ""  # TEST.AMP (see .speed): "" = fp32, "bf16"/"fp16" = autocast the network
+        autocast_context(network.non_object_embedding.device, inference_amp)  # validates the mode now
+        self.inference_amp = inference_amp  # TEST.AMP: "" = fp32, "bf16"/"fp16" = autocast the network
         self._train_maps: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         if trainable is not None:
             set_partclipseg_trainable(network, trainable)
@@ -179,20 +173,14 @@ class PartCLIPSeg(nn.Module):
 
         This is the one place where YAML keys become PartCLIPSeg arguments.
         """
-        from ..data.catalog import MetadataCatalog
-
         p = cfg.MODEL.PARTCLIPSEG
-        train_meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
-        # no test set (a training-only job): inference uses the training vocabulary until changed
-        test_meta = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else train_meta
+        vocabularies = config_map.vocabularies_from_config(cfg)
+        eval_set = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else cfg.DATASETS.TRAIN[0]
         return dict(
             network=PartCLIPSegNet(clipseg_config(**clipseg_dims_from_config(cfg))),
-            train_vocab=PartVocabulary(train_meta.stuff_classes),
-            test_vocab=PartVocabulary(test_meta.stuff_classes),
-            train_obj_classes=train_meta.obj_classes,
-            test_obj_classes=test_meta.obj_classes,
-            ignore_label=test_meta.ignore_label,
-            input_format=cfg.INPUT.FORMAT,
+            **vocabularies,
+            # officially the test dataset's ignore id (255 Pascal, 65535 ADE); your own datasets: IGNORE_VALUE
+            ignore_label=dataset_ignore_label(eval_set, cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE),
             image_size=p.INPUT_SIZE,
             obj_lambda=p.OBJ_LAMBDA,
             part_lambda=p.PART_LAMBDA,
@@ -207,16 +195,28 @@ class PartCLIPSeg(nn.Module):
             fix_attn_object_list=p.FIX_ATTN_OBJECT_LIST,
             fix_smoothing_sigma=p.FIX_SMOOTHING_SIGMA,
             trainable=tuple(p.TRAINABLE),
+            init_weights=("" if p.ARCH == "tiny" else "clipseg_rd64_refined") if p.INIT_WEIGHTS == "auto" else p.INIT_WEIGHTS,
+            **config_map.config_values(cfg, config_map.MODEL_KEYS, "input_format", "inference_amp"),
         )
 
     # ----------------------------------------------------------------- vocabulary
-    def set_test_vocabulary(self, vocab: PartVocabulary, obj_classes: Optional[Sequence[str]] = None) -> None:
-        """Change what inference segments (no retraining: the vocabulary is an input)."""
-        self.test_vocab = vocab
-        self.test_obj_classes = list(obj_classes) if obj_classes is not None else list(vocab.object_classes)
+    def prepare_vocabulary(self, vocabulary: Optional[Vocabulary] = None, *, refresh: bool = False) -> None:
+        if refresh:
+            self._text_cache.clear()
+        self.text_conditions(self._check_vocabulary(vocabulary) if vocabulary is not None else self.vocabulary)
+
+    def load_pretrained(self, missing=None) -> list[str]:
+        """CLIPSeg rd64-refined (``init_weights``) for a network the checkpoint did not provide (official init)."""
+        component = PretrainedComponent("partclipseg_model.", self.partclipseg_model, self.init_weights,
+                                        _load_clipseg_file)
+        return fill_pretrained(self, [component], missing)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "conditions": self.vocabulary.num_text_classes_stage1,
+                "image_size": self.image_size, "inference_amp": self.inference_amp or "fp32"}
 
     @staticmethod
-    def prompts(vocab: PartVocabulary) -> list[str]:
+    def prompts(vocab: Vocabulary) -> list[str]:
         """The text prompts: generalized parts then objects, bare names (no template)."""
         return [name.replace("'s", "") for name in list(vocab.part_classes) + list(vocab.object_classes)]
 
@@ -224,7 +224,7 @@ class PartCLIPSeg(nn.Module):
         params = self.partclipseg_model.text_parameters()
         return (str(self.device), tuple((id(p), p.data_ptr(), p._version) for p in params))
 
-    def text_conditions(self, vocab: PartVocabulary) -> torch.Tensor:
+    def text_conditions(self, vocab: Vocabulary) -> torch.Tensor:
         """Decoder conditions (P + O + 1, D) of ``vocab``: parts, objects, background.
 
         Computed with gradients when training a text parameter (the official recipe trains the token
@@ -249,12 +249,12 @@ class PartCLIPSeg(nn.Module):
         ids, mask = clipseg_tokenize(names)
         return net.conditional_embeddings(net.encode_text(ids.to(self.device), mask.to(self.device)))
 
-    def _index_maps(self, vocab: PartVocabulary) -> tuple[torch.Tensor, torch.Tensor]:
+    def _index_maps(self, vocab: Vocabulary) -> tuple[torch.Tensor, torch.Tensor]:
         part_index = torch.as_tensor(vocab.class_to_part, dtype=torch.long, device=self.device)
         obj_index = torch.as_tensor(vocab.class_to_object, dtype=torch.long, device=self.device)
         return part_index, obj_index
 
-    def _object_text_offset(self, vocab: PartVocabulary) -> int:
+    def _object_text_offset(self, vocab: Vocabulary) -> int:
         return len(vocab.part_classes) if self.fix_object_text_index else 0
 
     # ----------------------------------------------------------------- images
@@ -290,7 +290,7 @@ class PartCLIPSeg(nn.Module):
         with torch.no_grad():
             return self.inference(batched_inputs)
 
-    def run_network(self, pixel_values: torch.Tensor, vocab: PartVocabulary, attention: bool = False):
+    def run_network(self, pixel_values: torch.Tensor, vocab: Vocabulary, attention: bool = False):
         """Both heads (and, if ``attention``, the decoder attention of ``attn_levels``) for ``vocab``."""
         conditions = self.text_conditions(vocab)
         part_index, obj_index = self._index_maps(vocab)
@@ -302,7 +302,7 @@ class PartCLIPSeg(nn.Module):
 
     def _train_lookup(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._train_maps is None or self._train_maps[0].device != self.device:
-            maps = label_maps(self.train_vocab, self.train_obj_classes, self.ignore_label)
+            maps = label_maps(self.train_vocabulary, self.ignore_label)
             self._train_maps = (
                 torch.as_tensor(maps.text_to_part_map, dtype=torch.long, device=self.device),
                 torch.as_tensor(maps.obj_to_obj_in_part_map, dtype=torch.long, device=self.device),
@@ -311,7 +311,7 @@ class PartCLIPSeg(nn.Module):
 
     def losses(self, batched_inputs: list[dict]) -> dict[str, torch.Tensor]:
         """Training losses: ``loss_sem_seg`` (with gradient) and the detached ``term_*`` values."""
-        vocab = self.train_vocab
+        vocab = self.train_vocabulary
         pixel_values = self.pixel_values([self._train_image(x) for x in batched_inputs])
         out = self.run_network(pixel_values, vocab, attention=self.use_attention)
         num_parts, num_objects = len(vocab.part_classes), len(vocab.object_classes)
@@ -357,15 +357,6 @@ class PartCLIPSeg(nn.Module):
         }
 
     # ----------------------------------------------------------------- inference
-    def object_index(self, record: dict) -> Optional[int]:
-        """The record's object: ``object_class``, else detectron2 ``instances.gt_classes[0]``."""
-        if record.get("object_class") is not None:
-            return int(record["object_class"])
-        instances = record.get("instances")
-        if instances is not None and hasattr(instances, "gt_classes") and len(instances.gt_classes):
-            return int(instances.gt_classes[0])
-        return None
-
     def oracle_objects(self, record: dict) -> Optional[list[str]]:
         """Objects whose classes Oracle-Obj keeps; ``None`` keeps every class.
 
@@ -375,14 +366,14 @@ class PartCLIPSeg(nn.Module):
         back to the single object ``object_class`` (or ``instances.gt_classes[0]``); records with
         neither are not masked. On the object-conditioned test sets both give the same object.
         """
+        objects = self.vocabulary.objects
         sem_seg = record.get("sem_seg")
         if sem_seg is not None:
             ids = torch.unique(torch.as_tensor(sem_seg)).tolist()
-            return [self.test_obj_classes[int(i)] for i in ids
-                    if int(i) != self.ignore_label and 0 <= int(i) < len(self.test_obj_classes)]
-        obj = self.object_index(record)
-        if obj is not None and 0 <= obj < len(self.test_obj_classes):
-            return [self.test_obj_classes[obj]]
+            return [objects[int(i)] for i in ids if int(i) != self.ignore_label and 0 <= int(i) < len(objects)]
+        obj = record_object_index(record)
+        if obj is not None and 0 <= obj < len(objects):
+            return [objects[obj]]
         return None
 
     def inference(self, batched_inputs: list[dict]) -> list[dict]:
@@ -395,7 +386,7 @@ class PartCLIPSeg(nn.Module):
         + background scores (the background only where the background wins), 0 elsewhere — so an
         ``argmax`` over it is the official ``pred_all`` prediction.
         """
-        vocab = self.test_vocab
+        vocab = self.vocabulary
         images = [self._test_image(x) for x in batched_inputs]
         self.text_conditions(vocab)  # fp32 and cached, outside autocast
         with autocast_context(self.device, self.inference_amp):
@@ -418,10 +409,20 @@ class PartCLIPSeg(nn.Module):
             oracle = scores[:-1].clone()
             objects = self.oracle_objects(record)
             if objects is not None:
-                keep = torch.tensor([_official_object_of(n) in objects for n in vocab.classes], device=oracle.device)
+                keep = torch.tensor([split_part_name(n)[0] in objects for n in vocab.classes], device=oracle.device)
                 oracle[~keep] = self.oracle_fill_value
             results.append({"sem_seg": oracle, "sem_seg_all": gated})
         return results
+
+
+def _load_clipseg_file(network: PartCLIPSegNet, path: str) -> None:
+    """A ``CLIPSegForImageSegmentation`` state dict file (``.bin`` / ``.safetensors``) into the network."""
+    from ..checkpoint import load_safetensors, read_checkpoint_file
+
+    state = load_safetensors(path) if path.endswith(".safetensors") else read_checkpoint_file(path)["model"]
+    missing, _ = network.load_clipseg_weights(state)
+    logger.info("CLIPSeg weights from %s; kept at their initialisation: %d entries (the PartCLIPSeg additions)",
+                path, len(missing))
 
 
 def set_partclipseg_trainable(network: nn.Module, fragments: Sequence[str]) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "dataset_split",
     "dataset_vocabulary_key",
     "dataset_vocabulary",
+    "dataset_ignore_label",
     "register_dataset_vocabulary",
     "register_vocabulary_provider",
 ]
@@ -126,6 +127,14 @@ def _builtin_vocabulary(split: DatasetSplit) -> Vocabulary:
     if split.kind == "base":
         return Vocabulary(ds.base_class_names, ds.obj_base_classes, name=split.key, parts=True)
     return Vocabulary(ds.class_names, ds.obj_classes, name=split.key, parts=True)
+
+
+def dataset_ignore_label(name: str, default: int) -> int:
+    """The ignore id of a built-in part dataset's label maps (255 or 65535), else ``default``."""
+    split = _SPLITS.get(name)
+    if split is not None and split.kind != "semantic":
+        return get_part_dataset(split.key).ignore_label
+    return int(default)
 
 
 def register_dataset_vocabulary(name: str, vocabulary: VocabularySource) -> None:
