@@ -4,8 +4,9 @@ Used by the demo CLI (``partcatseg.cli.demo``) and by the evaluator's optional v
 (``TEST.VISUALIZE``: GT | Pred-All | Oracle-Obj panels per record). Everything is plain numpy +
 Pillow (+ OpenCV for dilation).
 
-Colours come from colorcet's Glasbey palette (256 colours chosen one by one to be as far apart
-as possible in a perceptual colour space, none close to black or white) and are assigned by the
+Colours come from colorcet's Glasbey palette ``glasbey_light`` (256 colours chosen one by one to be
+as far apart as possible in a perceptual colour space; no greys, none dark, so that they show on
+photos and on the legend's black background) and are assigned by the
 class's *index in the vocabulary*: the classes of one vocabulary get distinct colours, and a class
 keeps its colour in every image and run that uses the same vocabulary. The overlay, its legend and
 every panel of one vocabulary use :func:`palette`, so they always agree. Vocabularies of more than
@@ -64,10 +65,10 @@ _RIGHT_LEGEND_MAX_COLUMNS = 3
 # ------------------------------------------------------------------------------------------ colours
 @functools.lru_cache(maxsize=None)
 def _glasbey() -> np.ndarray:
-    """colorcet's ``glasbey`` (= ``glasbey_bw_minc_20``): (256, 3) uint8, most distinct first."""
+    """colorcet's ``glasbey_light`` (= ``glasbey_bw_minc_20_minl_30``): (256, 3) uint8, most distinct first."""
     import colorcet
 
-    return np.array([[int(h[i : i + 2], 16) for i in (1, 3, 5)] for h in colorcet.glasbey], dtype=np.uint8)
+    return np.array([[int(h[i : i + 2], 16) for i in (1, 3, 5)] for h in colorcet.glasbey_light], dtype=np.uint8)
 
 
 @functools.lru_cache(maxsize=8)
@@ -81,7 +82,7 @@ def _extended_palette(n: int) -> np.ndarray:
     axis = np.arange(0, 256, 8, dtype=np.float64)
     grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
     lab = rgb2lab(grid[None] / 255.0)[0]
-    keep = (lab[:, 0] > 25) & (lab[:, 0] < 92) & (np.hypot(lab[:, 1], lab[:, 2]) >= 20)  # like glasbey_bw_minc_20
+    keep = (lab[:, 0] >= 37) & (lab[:, 0] <= 95) & (np.hypot(lab[:, 1], lab[:, 2]) >= 20)  # like glasbey_light
     grid, lab = grid[keep], lab[keep]
     chosen_lab = rgb2lab(base[None].astype(np.float64) / 255.0)[0]
     dist = np.min(np.linalg.norm(lab[:, None, :] - chosen_lab[None, :, :], axis=2), axis=1)
