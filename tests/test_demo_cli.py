@@ -67,7 +67,13 @@ def test_custom_objects_on_two_photographs(checkpoint, tmp_path, capsys):
     for path, stem in ((CAT, "chelsea"), (MOTORCYCLE, "motorcycle_left")):
         summary, overlay, labels = read_outputs(out, stem)
         size = Image.open(path).size
-        assert overlay.size == size and overlay.mode == "RGB"
+        assert overlay.mode == "RGB"
+        if summary["legend_placement"] == "inside":
+            assert overlay.size == size
+        else:  # the legend beside the picture: the canvas grew to the right or below
+            assert summary["legend_placement"] in ("right", "below")
+            grown = 1 if summary["legend_placement"] == "below" else 0  # PIL sizes are (width, height)
+            assert overlay.size[grown] > size[grown] and overlay.size[1 - grown] >= size[1 - grown]
         assert labels.shape == (size[1], size[0]) and labels.dtype == np.uint8
         assert summary["vocabulary_classes"] == vocabulary
         names = [c["name"] for c in summary["classes"]]

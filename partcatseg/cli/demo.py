@@ -298,6 +298,7 @@ def _write_outputs(pred, image: np.ndarray, stem: str, out_dir: Path, args, extr
     summary.update(extra)
     summary["legend"] = rendered.legend
     summary["legend_complete"] = rendered.legend_complete
+    summary["legend_placement"] = rendered.legend_placement  # inside / right / below (a larger overlay) / None
     summary["files"] = {"overlay": overlay_path.name, "labels": labels_path.name}
     summary["label_png"] = {"value": "index into vocabulary_classes", "background_or_none": none_value}
     if args.save_scores and pred.scores is not None:
