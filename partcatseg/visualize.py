@@ -215,13 +215,28 @@ def _fc_list(pattern: str) -> tuple[tuple[str, int], ...]:
     return tuple((path, index) for _, path, index in sorted(set(found)))
 
 
+_BITMAP_EMOJI_SIZE = 109  # the one size of bitmap-only colour emoji fonts (Noto Color Emoji)
+
+
+class _ScaledBitmapFont:
+    """A bitmap-only font (colour emoji) used at its one size and scaled to ``size`` when drawn."""
+
+    def __init__(self, font, size: int):
+        self.font = font
+        self.scale = size / float(_BITMAP_EMOJI_SIZE)
+
+
 @functools.lru_cache(maxsize=64)
 def _load_font(path: str, index: int, size: int):
-    """A FreeType font, or None if the file cannot be used at this size (e.g. bitmap-only colour emoji)."""
+    """A FreeType font, a :class:`_ScaledBitmapFont` (colour emoji), or None if the file cannot be used."""
     from PIL import ImageFont
 
     try:
         return ImageFont.truetype(path, size, index=index)
+    except (OSError, ValueError):
+        pass
+    try:  # bitmap-only fonts load at their own size only ("invalid pixel size" otherwise)
+        return _ScaledBitmapFont(ImageFont.truetype(path, _BITMAP_EMOJI_SIZE, index=index), size)
     except (OSError, ValueError):
         return None
 
@@ -261,6 +276,8 @@ def _font_files() -> list[tuple[str, int]]:
 def _glyph_signature(font, ch: str) -> tuple:
     from PIL import Image, ImageDraw
 
+    if isinstance(font, _ScaledBitmapFont):  # its glyphs at their own size
+        font = font.font
     left, top, right, bottom = font.getbbox(ch)
     img = Image.new("L", (max(1, right - left), max(1, bottom - top)))
     ImageDraw.Draw(img).text((-left, -top), ch, font=font, fill=255)
@@ -268,6 +285,7 @@ def _glyph_signature(font, ch: str) -> tuple:
 
 
 _GLYPHS: dict[tuple[Any, str], bool] = {}
+_MISSING: dict[Any, tuple] = {}
 
 
 def _has_glyph(font, ch: str) -> bool:
@@ -275,15 +293,17 @@ def _has_glyph(font, ch: str) -> bool:
     key = (font, ch)
     if key not in _GLYPHS:
         try:
-            _GLYPHS[key] = _glyph_signature(font, ch) != _glyph_signature(font, _MISSING_PROBE)
+            if font not in _MISSING:
+                _MISSING[font] = _glyph_signature(font, _MISSING_PROBE)
+            _GLYPHS[key] = _glyph_signature(font, ch) != _MISSING[font]
         except Exception:  # noqa: BLE001 - a font that cannot render the character does not have it
             _GLYPHS[key] = False
     return _GLYPHS[key]
 
 
 def _attaches(ch: str) -> bool:
-    """Characters drawn with their neighbour's font (spaces, joiners, variation selectors, marks)."""
-    return ch.isspace() or unicodedata.category(ch) in ("Mn", "Me", "Cf", "Cc")
+    """Characters drawn with the preceding character's font (joiners, variation selectors, combining marks)."""
+    return unicodedata.category(ch) in ("Mn", "Me", "Cf")
 
 
 class _Fonts:
@@ -311,7 +331,7 @@ class _Fonts:
         if ch in self._by_char:
             return self._by_char[ch]
         chosen = self.primary
-        if self.freetype and not _has_glyph(self.primary, ch):
+        if self.freetype and not ch.isspace() and not _has_glyph(self.primary, ch):
             candidates = self.fallbacks() + [
                 f for f in (_load_font(p, i, self.size) for p, i in _fc_list(f":charset={ord(ch):x}")) if f is not None
             ]
@@ -342,7 +362,26 @@ def text_fonts(size: int) -> _Fonts:
 def _measure(run: str, font) -> float:
     from PIL import Image, ImageDraw
 
+    if isinstance(font, _ScaledBitmapFont):
+        return ImageDraw.Draw(Image.new("L", (1, 1))).textlength(run, font=font.font) * font.scale
     return ImageDraw.Draw(Image.new("L", (1, 1))).textlength(run, font=font)
+
+
+def _draw_scaled(image, xy: tuple[float, float], run: str, font: _ScaledBitmapFont) -> None:
+    """``run`` in its own colours at the font's size, scaled, composited with its baseline at ``xy``."""
+    from PIL import Image, ImageDraw
+
+    ascent, descent = font.font.getmetrics()
+    width = max(1, int(math.ceil(ImageDraw.Draw(Image.new("L", (1, 1))).textlength(run, font=font.font))))
+    glyphs = Image.new("RGBA", (width, ascent + descent), (0, 0, 0, 0))
+    ImageDraw.Draw(glyphs).text((0, ascent), run, font=font.font, anchor="ls", embedded_color=True)
+    size = (max(1, round(width * font.scale)), max(1, round((ascent + descent) * font.scale)))
+    glyphs = glyphs.resize(size, Image.LANCZOS)
+    x, y = int(round(xy[0])), int(round(xy[1] - ascent * font.scale))
+    if image.mode == "RGBA":
+        image.alpha_composite(glyphs, (max(0, x), max(0, y)))
+    else:
+        image.paste(glyphs.convert(image.mode), (x, y), glyphs)
 
 
 def text_width(text: str, size: int) -> int:
@@ -350,8 +389,11 @@ def text_width(text: str, size: int) -> int:
     return int(math.ceil(sum(_measure(run, font) for run, font in text_fonts(size).runs(text))))
 
 
-def draw_text(draw, xy: tuple[float, float], text: str, size: int, fill) -> None:
-    """Draw ``text`` with its top-left at ``xy``, each character in the first font that has it."""
+def draw_text(image, xy: tuple[float, float], text: str, size: int, fill) -> None:
+    """Draw ``text`` on the PIL ``image`` with its top-left at ``xy``, each character in the first font that has it."""
+    from PIL import ImageDraw
+
+    draw = ImageDraw.Draw(image)
     fonts = text_fonts(size)
     x, y = xy
     if not fonts.freetype:  # old Pillow without FreeType: one bitmap font, no fallback
@@ -359,7 +401,10 @@ def draw_text(draw, xy: tuple[float, float], text: str, size: int, fill) -> None
         return
     baseline = y + fonts.primary.getmetrics()[0]
     for run, font in fonts.runs(text):
-        draw.text((x, baseline), run, fill=fill, font=font, anchor="ls")
+        if isinstance(font, _ScaledBitmapFont):
+            _draw_scaled(image, (x, baseline), run, font)
+        else:
+            draw.text((x, baseline), run, fill=fill, font=font, anchor="ls")
         x += _measure(run, font)
 
 
@@ -442,7 +487,10 @@ def _layout_below(entries: Sequence[Entry], w: int, size: int, margin: int) -> _
     return _layout_columns(entries, len(entries), size, margin)
 
 
-def _paint_legend(draw, layout: _Layout, origin: tuple[int, int], size: int, background) -> None:
+def _paint_legend(image, layout: _Layout, origin: tuple[int, int], size: int, background) -> None:
+    from PIL import ImageDraw
+
+    draw = ImageDraw.Draw(image, "RGBA")
     x0, y0 = origin
     if background is not None:
         draw.rectangle([x0, y0, x0 + layout.width, y0 + layout.height], fill=background)
@@ -456,7 +504,7 @@ def _paint_legend(draw, layout: _Layout, origin: tuple[int, int], size: int, bac
                 draw.rectangle([x, y, x + s - 1, y + s - 1], fill=tuple(int(c) for c in color) + (255,),
                                outline=(255, 255, 255, 255))
                 tx = x + s + layout.margin
-            draw_text(draw, (tx, y), name, size, (255, 255, 255, 255))
+            draw_text(image, (tx, y), name, size, (255, 255, 255, 255))
         x += col_w
 
 
@@ -470,7 +518,7 @@ class _Placed:
 
 def _place_legend(image: np.ndarray, entries: Sequence[Entry], *, placement: str = "auto",
                   font_size: Optional[int] = None, margin: int = 4) -> _Placed:
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
     h, w = image.shape[:2]
     if placement not in ("auto", "inside", "beside", "right", "below"):
@@ -491,7 +539,7 @@ def _place_legend(image: np.ndarray, entries: Sequence[Entry], *, placement: str
     if placement == "inside":
         base = Image.fromarray(image).convert("RGBA")
         overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
-        _paint_legend(ImageDraw.Draw(overlay), inside, (0, 0), size, (0, 0, 0, 150))
+        _paint_legend(overlay, inside, (0, 0), size, (0, 0, 0, 150))
         out = Image.alpha_composite(base, overlay).convert("RGB")
         return _Placed(np.asarray(out), inside.listed, "inside", (0, 0, w, h))
     if placement == "right":
@@ -503,7 +551,7 @@ def _place_legend(image: np.ndarray, entries: Sequence[Entry], *, placement: str
         canvas = Image.new("RGB", (max(w, layout.width + margin), h + layout.height + margin), (0, 0, 0))
         origin = (0, h)
     canvas.paste(Image.fromarray(image), (0, 0))
-    _paint_legend(ImageDraw.Draw(canvas, "RGBA"), layout, origin, size, None)
+    _paint_legend(canvas, layout, origin, size, None)
     return _Placed(np.asarray(canvas), layout.listed, placement, (0, 0, w, h))
 
 
@@ -583,13 +631,13 @@ def render_overlay(
 # ------------------------------------------------------------------------------------------ panels
 def add_title(image: np.ndarray, title: str, font_size: Optional[int] = None) -> np.ndarray:
     """``image`` with a black strip on top holding ``title``."""
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
     size = font_size or _font_size_for(image.shape)
     strip_h = size + 8
     canvas = Image.new("RGB", (image.shape[1], image.shape[0] + strip_h), (0, 0, 0))
     canvas.paste(Image.fromarray(image), (0, strip_h))
-    draw_text(ImageDraw.Draw(canvas), (4, 3), title, size, (255, 255, 255))
+    draw_text(canvas, (4, 3), title, size, (255, 255, 255))
     return np.asarray(canvas)
 
 

@@ -4,6 +4,10 @@ Fast (no model): numpy label maps drawn with the real drawing code.
 """
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 
@@ -110,25 +114,29 @@ def test_legend_stays_inside_when_small_and_goes_below_a_wide_strip():
 # ------------------------------------------------------------------------------------------ fonts
 def _render(text: str, size: int = 20) -> np.ndarray:
     """``text`` drawn on a fixed canvas (so that renderings compare pixel by pixel)."""
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
     img = Image.new("L", (12 * size, 2 * size))
-    V.draw_text(ImageDraw.Draw(img), (2, 2), text, size, 255)
+    V.draw_text(img, (2, 2), text, size, 255)
     return np.asarray(img)
 
 
-def _font_with(ch: str):
-    fonts = V.text_fonts(20)
-    font = fonts.font_for(ch)
-    return None if font is fonts.primary else font
+def installed_fonts_for(ch: str) -> list[str]:
+    """Font files that have ``ch``, found independently of the code under test (fontconfig)."""
+    if shutil.which("fc-list") is None:
+        return []
+    out = subprocess.run(["fc-list", "-f", "%{file}\n", f":charset={ord(ch):x}"], capture_output=True, text=True, timeout=30)
+    return [line for line in out.stdout.splitlines() if line.strip()]
 
 
 def test_cjk_class_names_are_not_tofu():
     cjk = "猫的头"
-    primary = V.text_fonts(20).primary
-    font = _font_with("猫")
-    if font is None:
+    if not installed_fonts_for("猫") and not any(os.path.isfile(p) for p in V._FALLBACK_FONTS):
         pytest.skip("no font with CJK glyphs installed (Debian: apt-get install fonts-wqy-microhei)")
+    fonts = V.text_fonts(20)
+    primary = fonts.primary
+    font = fonts.font_for("猫")
+    assert font is not primary
     # the primary font draws the same box for every CJK character and for an unassigned code point
     assert V._glyph_signature(primary, "猫") == V._glyph_signature(primary, V._MISSING_PROBE)
     drawn = _render(cjk)
@@ -148,7 +156,24 @@ def test_cjk_class_names_are_not_tofu():
 
 
 def test_emoji_use_a_font_that_has_them():
-    if _font_with("🐶") is None:
+    if not installed_fonts_for("🐶"):
         pytest.skip("no font with emoji glyphs installed (Debian: apt-get install fonts-symbola)")
     assert not np.array_equal(_render("🐶"), _render(V._MISSING_PROBE))
     assert not np.array_equal(_render("🐶"), _render("🐱"))
+
+
+def test_colour_emoji_fonts_are_drawn_scaled():
+    scaled = [p for p in installed_fonts_for("🐶") if isinstance(V._load_font(p, 0, 20), V._ScaledBitmapFont)]
+    if not scaled:
+        pytest.skip("no bitmap-only colour emoji font installed (Debian: apt-get install fonts-noto-color-emoji)")
+    from PIL import Image
+
+    font = V._load_font(scaled[0], 0, 20)
+    assert V._has_glyph(font, "🐶") and not V._has_glyph(font, "a")
+    img = Image.new("RGB", (60, 40))
+    V._draw_scaled(img, (4, 30), "🐶", font)
+    pixels = np.asarray(img).astype(int)
+    box = img.getbbox()
+    assert box is not None and 12 <= box[3] - box[1] <= 26 and 12 <= box[2] - box[0] <= 26  # about 20 px
+    assert np.any(np.ptp(pixels, axis=-1) > 60)  # in colour
+    assert 14 <= V._measure("🐶", font) <= 28
