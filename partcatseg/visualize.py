@@ -266,10 +266,11 @@ def _font_files() -> list[tuple[str, int]]:
     files += [(p, 0) for p in _FALLBACK_FONTS if os.path.isfile(p)]
     for lang in ("zh", "ja", "ko"):
         files += list(_fc_list(f":lang={lang}"))
-    unique = []
-    for item in files:
-        if item not in unique:
-            unique.append(item)
+    unique, paths = [], set()
+    for path, index in files:
+        if path not in paths:  # one face per file (the regular one, listed first)
+            paths.add(path)
+            unique.append((path, index))
     return unique
 
 
@@ -312,7 +313,7 @@ class _Fonts:
     def __init__(self, size: int):
         self.size = size
         self.primary = _default_font(size)
-        self._fallbacks: Optional[list] = None
+        self._files: Optional[list[tuple[str, int]]] = None
         self._by_char: dict[str, Any] = {}
 
     @property
@@ -321,24 +322,21 @@ class _Fonts:
 
         return isinstance(self.primary, ImageFont.FreeTypeFont)
 
-    def fallbacks(self) -> list:
-        if self._fallbacks is None:
-            fonts = [_load_font(p, i, self.size) for p, i in _font_files()]
-            self._fallbacks = [f for f in fonts if f is not None]
-        return self._fallbacks
+    def _candidates(self, ch: str):
+        """Fallback fonts for ``ch``, loaded lazily: configured/known CJK fonts, then fontconfig's for ``ch``."""
+        if self._files is None:
+            self._files = _font_files()
+        for path, index in list(self._files) + list(_fc_list(f":charset={ord(ch):x}")):
+            font = _load_font(path, index, self.size)
+            if font is not None:
+                yield font
 
     def font_for(self, ch: str):
         if ch in self._by_char:
             return self._by_char[ch]
         chosen = self.primary
         if self.freetype and not ch.isspace() and not _has_glyph(self.primary, ch):
-            candidates = self.fallbacks() + [
-                f for f in (_load_font(p, i, self.size) for p, i in _fc_list(f":charset={ord(ch):x}")) if f is not None
-            ]
-            for font in candidates:
-                if _has_glyph(font, ch):
-                    chosen = font
-                    break
+            chosen = next((font for font in self._candidates(ch) if _has_glyph(font, ch)), self.primary)
         self._by_char[ch] = chosen
         return chosen
 

@@ -299,7 +299,8 @@ def test_object_mask_of_the_wrong_size_and_a_missing_device_give_one_line(checkp
     (tmp_path / "garbage.png").write_bytes(b"garbage")
     assert main(base + ["--object-mask", str(tmp_path / "garbage.png")] + opts) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"partcatseg-demo: error: --object-mask {tmp_path / 'garbage.png'}: cannot be read as an image")
+    assert err == (f"partcatseg-demo: error: --object-mask {tmp_path / 'garbage.png'}: cannot be read as an image "
+                   f"(cannot identify image file)\n")
     assert len(err.strip().splitlines()) == 1
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

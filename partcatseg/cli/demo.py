@@ -28,7 +28,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["main", "run", "build_parser", "split_opts", "find_images", "DemoResult", "DEFAULT_MAX_SIDE", "LARGE_SIDE"]
+__all__ = ["main", "run", "build_parser", "split_opts", "find_images", "DemoError", "NothingProcessedError", "DemoResult",
+           "DEFAULT_MAX_SIDE", "LARGE_SIDE"]
 
 PROG = "partcatseg-demo"
 _KEY_RE = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
@@ -196,7 +197,7 @@ def _read_object_mask(path: str) -> np.ndarray:
     """The ``--object-mask`` PNG as an (H, W) bool array (non-zero = object), read before the model is built."""
     from PIL import Image
 
-    from ..inference.io import load_mask
+    from ..inference.io import _reason, load_mask
 
     if not os.path.isfile(path):
         raise DemoError(f"--object-mask {path}: file not found")
@@ -204,7 +205,7 @@ def _read_object_mask(path: str) -> np.ndarray:
         with Image.open(path) as im:
             size = im.size[::-1]
     except Exception as err:  # noqa: BLE001 - any decoding problem is the same user error
-        raise DemoError(f"--object-mask {path}: cannot be read as an image ({err})") from err
+        raise DemoError(f"--object-mask {path}: cannot be read as an image ({_reason(err, path)})") from err
     try:
         return load_mask(path, size, what="--object-mask")
     except ValueError as err:
@@ -228,7 +229,8 @@ def _size_notes(path: Path, shape: tuple[int, ...], max_side: int) -> tuple[int,
         _note(f"{path}: {w}x{h} px, predicting at {ww}x{wh} (--max-side {max_side}; the outputs keep "
               f"{w}x{h}; --max-side 0 predicts at full size)")
     if max(wh, ww) > LARGE_SIDE:
-        _note(f"warning: {path} is {w}x{h} px and is predicted at full size: this takes long and much memory; "
+        at = "full size" if (wh, ww) == (h, w) else f"{ww}x{wh}"
+        _note(f"warning: {path} is {w}x{h} px and is predicted at {at}: this takes long and much memory; "
               f"--max-side {DEFAULT_MAX_SIDE} predicts with the longer side reduced to {DEFAULT_MAX_SIDE} px "
               f"(the outputs keep the input size)")
     return wh, ww
