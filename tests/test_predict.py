@@ -192,7 +192,7 @@ def test_unreadable_image_files_name_the_file_and_why(tmp_path):
     Image.fromarray(small(CAT, 64)).save(good, quality=90)
     cut = tmp_path / "cut.jpg"
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(ValueError, match=r"^Cannot read .*cut\.jpg as an image: image file is truncated"):
+    with pytest.raises(ValueError, match=r"^Cannot read .*cut\.jpg as an image: .*[Tt]runcated"):  # Pillow's wording varies
         load_image(cut)
 
 
