@@ -30,6 +30,7 @@ setup(
         "tensorboard>=2.12",
         "scikit-image>=0.21",
         "safetensors>=0.4",
+        "colorcet>=3.0",
     ],
     extras_require={
         "dev": ["pytest>=7.0"],

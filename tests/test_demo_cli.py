@@ -67,7 +67,13 @@ def test_custom_objects_on_two_photographs(checkpoint, tmp_path, capsys):
     for path, stem in ((CAT, "chelsea"), (MOTORCYCLE, "motorcycle_left")):
         summary, overlay, labels = read_outputs(out, stem)
         size = Image.open(path).size
-        assert overlay.size == size and overlay.mode == "RGB"
+        assert overlay.mode == "RGB"
+        if summary["legend_placement"] == "inside":
+            assert overlay.size == size
+        else:  # the legend beside the picture: the canvas grew to the right or below
+            assert summary["legend_placement"] in ("right", "below")
+            grown = 1 if summary["legend_placement"] == "below" else 0  # PIL sizes are (width, height)
+            assert overlay.size[grown] > size[grown] and overlay.size[1 - grown] >= size[1 - grown]
         assert labels.shape == (size[1], size[0]) and labels.dtype == np.uint8
         assert summary["vocabulary_classes"] == vocabulary
         names = [c["name"] for c in summary["classes"]]
@@ -182,3 +188,127 @@ def test_tools_wrapper_and_console_script(tmp_path):
     )
     assert proc.returncode == 2
     assert f"partcatseg-demo: error: Input not found: {tmp_path / 'none.jpg'}" in proc.stderr
+
+
+# ------------------------------------------------------------------------------ robustness of the inputs
+def small_cat(path: Path, size=(64, 64)) -> Path:
+    Image.open(CAT).convert("RGB").resize(size, Image.BILINEAR).save(path)
+    return path
+
+
+def test_unreadable_inputs_are_skipped_and_reported(checkpoint, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    small_cat(photos / "a_cat.png")
+    (photos / "b_corrupt.jpg").write_bytes(b"this is not an image at all")
+    small_cat(tmp_path / "whole.jpg", (96, 64))
+    (photos / "c_cut.jpg").write_bytes((tmp_path / "whole.jpg").read_bytes()[:300])
+    small_cat(photos / "d_cat.png", (80, 48))
+    out = tmp_path / "out"
+    argv = ["--config-file", CONFIG, "--input", str(photos), "--output", str(out), "--objects", "cat: head, tail",
+            "--batch-size", "2", "--quiet"] + tiny_opts(tmp_path, str(checkpoint))
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "wrote 6 files for 2 image(s)" in captured.out
+    warnings = [line for line in captured.err.splitlines() if "warning: skipping" in line]
+    assert len(warnings) == 2
+    assert warnings[0] == (f"partcatseg-demo: warning: skipping {photos / 'b_corrupt.jpg'}: "
+                           f"cannot be read as an image (cannot identify image file)")
+    # Pillow words a cut JPEG "Truncated File Read" or "image file is truncated (...)"
+    assert warnings[1].startswith(f"partcatseg-demo: warning: skipping {photos / 'c_cut.jpg'}: cannot be read as an image (")
+    assert "runcated" in warnings[1]
+    assert f"skipped 2 of 4 image(s), listed with the reasons in {out / 'skipped.json'}" in captured.err
+    assert "Traceback" not in captured.err
+    report = json.loads((out / "skipped.json").read_text())
+    assert report["num_inputs"] == 4 and report["num_skipped"] == 2
+    assert [s["file"] for s in report["skipped"]] == [str(photos / "b_corrupt.jpg"), str(photos / "c_cut.jpg")]
+    assert all(s["reason"].startswith("cannot be read as an image") for s in report["skipped"])
+    assert sorted(p.name for p in out.glob("*.json")) == ["a_cat.json", "d_cat.json", "skipped.json"]
+    # the small pictures get their legend beside the image: larger overlays, the picture unchanged in size
+    for stem, size in (("a_cat", (64, 64)), ("d_cat", (80, 48))):
+        summary, overlay, labels = read_outputs(out, stem)
+        assert labels.shape == size[::-1] and summary["image"] == str(photos / f"{stem}.png")
+        assert overlay.size[0] * overlay.size[1] > size[0] * size[1] and overlay.size[0] >= size[0]
+
+    # only unreadable inputs: nothing processed, exit status 1; a stale skipped.json is replaced
+    argv_bad = ["--config-file", CONFIG, "--input", str(photos / "b_corrupt.jpg"), str(photos / "c_cut.jpg"),
+                "--output", str(out), "--quiet"] + tiny_opts(tmp_path, str(checkpoint))
+    assert main(argv_bad) == 1
+    err = capsys.readouterr().err
+    assert f"partcatseg-demo: error: none of the 2 input image(s) could be processed (reasons above and in {out / 'skipped.json'})" in err
+    assert json.loads((out / "skipped.json").read_text())["num_inputs"] == 2
+
+    # --no-legend: exactly the input's size; a run without skips removes the old skipped.json
+    argv_plain = ["--config-file", CONFIG, "--input", str(photos / "a_cat.png"), "--output", str(out),
+                  "--objects", "cat: head, tail", "--no-legend", "--quiet"] + tiny_opts(tmp_path, str(checkpoint))
+    assert main(argv_plain) == 0
+    summary, overlay, _ = read_outputs(out, "a_cat")
+    assert overlay.size == (64, 64) and summary["legend"] == []
+    assert not (out / "skipped.json").exists()
+
+
+def test_large_images_are_predicted_at_a_bounded_size(checkpoint, tmp_path, capsys, monkeypatch):
+    import partcatseg.inference as inference
+
+    seen = []
+    build = inference.build_model_with_weights
+
+    def spying_build(cfg):
+        model = build(cfg)
+        model.register_forward_pre_hook(
+            lambda module, args: seen.extend((tuple(r["image"].shape[1:]), (r["height"], r["width"])) for r in args[0]))
+        return model
+
+    monkeypatch.setattr(inference, "build_model_with_weights", spying_build)
+    big = tmp_path / "big.jpg"
+    small_cat(big, (2100, 1400))
+    assert build_parser().parse_args(["--input", "x", "--output", "y"]).max_side == 1024
+    out = tmp_path / "out"
+    common = ["--config-file", CONFIG, "--input", str(big), "--objects", "cat: head, tail", "--quiet"]
+    assert main(common + ["--output", str(out)] + tiny_opts(tmp_path, str(checkpoint))) == 0
+    assert seen == [((683, 1024), (683, 1024))]  # the model sees the reduced image
+    err = capsys.readouterr().err
+    assert err.count(f"partcatseg-demo: {big}: 2100x1400 px, predicting at 1024x683 (--max-side 1024;") == 1
+    assert "warning" not in err
+    summary, overlay, labels = read_outputs(out, "big")
+    assert labels.shape == (1400, 2100) and overlay.size == (2100, 1400)
+    assert summary["predicted_at"] == {"height": 683, "width": 1024}
+    assert (summary["height"], summary["width"]) == (1400, 2100)
+
+    seen.clear()
+    full = tmp_path / "full"
+    assert main(common + ["--output", str(full), "--max-side", "0", "--no-legend"] + tiny_opts(tmp_path, str(checkpoint))) == 0
+    assert seen == [((1400, 2100), (1400, 2100))]
+    err = capsys.readouterr().err
+    assert err.count(f"partcatseg-demo: warning: {big} is 2100x1400 px and is predicted at full size") == 1
+    assert "--max-side 1024 predicts with the longer side reduced to 1024 px" in err
+    assert np.array(Image.open(full / "big_labels.png")).shape == (1400, 2100)
+
+
+def test_object_mask_of_the_wrong_size_and_a_missing_device_give_one_line(checkpoint, tmp_path, capsys, monkeypatch):
+    cat = small_cat(tmp_path / "cat.png")
+    Image.fromarray(np.full((10, 12), 255, np.uint8)).save(tmp_path / "mask.png")
+    base = ["--config-file", CONFIG, "--input", str(cat), "--output", str(tmp_path / "out"), "--objects", "cat: head, tail",
+            "--quiet"]
+    opts = tiny_opts(tmp_path, str(checkpoint))
+    assert main(base + ["--object-mask", str(tmp_path / "mask.png")] + opts) == 1
+    err = capsys.readouterr().err
+    assert f"partcatseg-demo: warning: skipping {cat}: the --object-mask is 12x10 px but the image is 64x64 px" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 2  # the reason, then "none could be processed"
+
+    (tmp_path / "garbage.png").write_bytes(b"garbage")
+    assert main(base + ["--object-mask", str(tmp_path / "garbage.png")] + opts) == 2
+    err = capsys.readouterr().err
+    assert err == (f"partcatseg-demo: error: --object-mask {tmp_path / 'garbage.png'}: cannot be read as an image "
+                   f"(cannot identify image file)\n")
+    assert len(err.strip().splitlines()) == 1
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(base + ["--device", "cuda"] + opts) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("partcatseg-demo: error: --device cuda: CUDA is not available on this machine (")
+    assert "use --device cpu or --device auto" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert main(base + ["--device", "cuda:3"] + opts) == 2
+    assert "--device cuda:3: this machine has 1 CUDA device(s) (cuda:0 to cuda:0)" in capsys.readouterr().err

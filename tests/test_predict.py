@@ -163,12 +163,45 @@ def test_max_side_keeps_the_input_size(predictor):
     assert pred.confidence.shape == image.shape[:2]
 
 
+def test_max_side_reduces_what_the_model_sees():
+    seen = []
+
+    class Spy(FakeSemanticModel):
+        def forward(self, batched):
+            seen.extend((tuple(r["image"].shape), r["height"], r["width"]) for r in batched)
+            return super().forward(batched)
+
+    p = SemanticPredictor(model=Spy())
+    image = np.zeros((200, 300, 3), np.uint8)
+    image[:, 150:] = 255  # a sharp edge: the reduced image is an area-weighted resize of it
+    pred = p(image, max_side=100)
+    assert seen == [((3, 67, 100), 67, 100)]
+    assert pred.labels.shape == (200, 300) and pred.scores.shape == (2, 200, 300)
+    p([image, image[:50, :80]], max_side=100, batch_size=2)
+    assert seen[1:] == [((3, 67, 100), 67, 100), ((3, 50, 80), 50, 80)]  # small images stay as they are
+    p(image)
+    assert seen[-1] == ((3, 200, 300), 200, 300)  # no bound: full size
+
+
+def test_unreadable_image_files_name_the_file_and_why(tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image at all")
+    with pytest.raises(ValueError, match=r"^Cannot read .*bad\.jpg as an image: cannot identify image file$"):
+        load_image(bad)
+    good = tmp_path / "good.jpg"
+    Image.fromarray(small(CAT, 64)).save(good, quality=90)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"^Cannot read .*cut\.jpg as an image: .*[Tt]runcated"):  # Pillow's wording varies
+        load_image(cut)
+
+
 def test_predictor_errors(predictor):
     predictor.set_vocabulary(objects="cat: head, ear")
     image = small(CAT, 64)
     with pytest.raises(VocabularyError, match=r"object 'lion' is not in the vocabulary; objects: \['cat'\]"):
         predictor(image, object="lion")
-    with pytest.raises(ValueError, match=r"object_mask has shape \(2, 2\) but the image is \(43, 64\)"):
+    with pytest.raises(ValueError, match=r"object_mask has shape \(2, 2\) but the image is \(43, 64\) \(H, W\); the mask must"):
         predictor(image, object_mask=np.ones((2, 2), bool))
     with pytest.raises(ValueError, match="must be uint8 RGB"):
         predictor(image.astype(np.float32))
@@ -380,8 +413,8 @@ def test_load_mask_forms(tmp_path):
 def test_colors_outlines_and_legend():
     from partcatseg.visualize import class_color, object_outlines, render_overlay
 
-    assert class_color("cat's head") == class_color("cat's head") != class_color("cat's ear")
     names = ["cat's head", "cat's ear", "dog's head"]
+    assert class_color("cat's head", names) == class_color("cat's head", names) != class_color("cat's ear", names)
     labels = np.full((40, 60), -1)
     labels[5:35, 5:25] = 0
     labels[5:15, 5:25] = 1  # same object as class 0: no outline between them
@@ -392,12 +425,13 @@ def test_colors_outlines_and_legend():
     assert not edges[0, 0] and not edges[20, 30]  # background
     image = np.full((40, 60, 3), 100, np.uint8)
     rendered = render_overlay(image, labels, names, legend=False, outlines=False, alpha=1.0)
-    assert tuple(rendered.image[20, 40]) == class_color("dog's head")
+    assert tuple(rendered.image[20, 40]) == class_color("dog's head", names)
+    assert rendered.image.shape == image.shape and rendered.legend_placement is None
     assert tuple(rendered.image[0, 0]) == (100, 100, 100)
     big = np.full((200, 300, 3), 0, np.uint8)
     big_labels = np.kron(labels, np.ones((5, 5), int))
     rendered = render_overlay(big, big_labels, names)
-    assert rendered.image.shape == big.shape
+    assert rendered.image.shape == big.shape and rendered.legend_placement == "inside"  # a small legend stays inside
     assert rendered.legend == ["dog's head", "cat's head", "cat's ear"]  # present classes, largest first
     assert rendered.legend_complete
 
@@ -412,7 +446,7 @@ def test_legend_overflow_is_summarised():
 
 
 def test_evaluation_panels_for_a_record(tmp_path):
-    from partcatseg.visualize import record_panels, save_record_panels
+    from partcatseg.visualize import class_color, evaluation_panels, record_panels, save_record_panels
 
     names = ["cat's head", "cat's ear"]
     gt = torch.full((10, 16), 255)
@@ -423,10 +457,19 @@ def test_evaluation_panels_for_a_record(tmp_path):
     sem_seg_all[2] = 1.0  # background wins everywhere in Pred-All
     output = {"sem_seg": torch.rand(2, 20, 32), "sem_seg_all": sem_seg_all}
     panels = record_panels(record, output, names, ignore_label=255)
-    assert panels.shape[1] == 3 * 32 + 2 * 4 and panels.shape[0] > 20
-    pred_all_panel = panels[-20:, 36:68]
+    image = np.full((20, 32, 3), 50, np.uint8)
+    gt_up = np.kron(gt.numpy(), np.ones((2, 2), int))  # the evaluator's nearest resize to the output size
+    strip = evaluation_panels(image, gt_up, sem_seg_all.argmax(0).numpy(),
+                              output["sem_seg"].argmax(0).numpy(), names, legend=False)
+    assert strip.shape[1] == 3 * 32 + 2 * 4 and strip.shape[0] > 20
+    pred_all_panel = strip[-20:, 36:68]
     assert np.all(pred_all_panel == 50)  # background only: nothing painted
-    gt_panel = panels[-20:, :32]
+    gt_panel = strip[-20:, :32]
     assert tuple(gt_panel[10, 10]) != (50, 50, 50) and tuple(gt_panel[19, 31]) == (50, 50, 50)
+    # the panels are the top-left of the picture, uncovered; one legend for all three lies beside them
+    assert panels.shape[0] * panels.shape[1] > strip.shape[0] * strip.shape[1]
+    np.testing.assert_array_equal(panels[: strip.shape[0], : strip.shape[1]], strip)
+    beside = panels[strip.shape[0] :] if panels.shape[0] > strip.shape[0] else panels[:, strip.shape[1] :]
+    assert np.any(np.all(beside == class_color("cat's head", names), axis=-1))  # the swatch of the GT's class
     path = save_record_panels(record, output, names, str(tmp_path), ignore_label=255)
     assert os.path.basename(path) == "2008_000123_obj7.png" and Image.open(path).size == (panels.shape[1], panels.shape[0])

@@ -8,6 +8,9 @@
 Per image it writes ``<name>_overlay.png`` (parts coloured, object outlines, a legend of the classes
 present), ``<name>_labels.png`` (class index per pixel; 255, or 65535 for more than 254 classes,
 = background/none) and ``<name>.json`` (classes present with pixel areas and mean scores).
+Images are predicted with the longer side reduced to ``--max-side`` (default 1024; 0 = full size);
+the outputs keep the input's size. An input that cannot be read is skipped with a warning and
+listed in ``skipped.json``; the exit status is 1 only when no image could be processed.
 Trailing ``KEY VALUE`` pairs override the config (detectron2 style). ``--config-file`` may be omitted
 when ``MODEL.WEIGHTS`` names a released checkpoint that belongs to a config (``partcatseg_voc``).
 """
@@ -25,16 +28,32 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["main", "run", "build_parser", "split_opts", "find_images"]
+__all__ = ["main", "run", "build_parser", "split_opts", "find_images", "DemoError", "NothingProcessedError", "DemoResult",
+           "DEFAULT_MAX_SIDE", "LARGE_SIDE"]
 
 PROG = "partcatseg-demo"
 _KEY_RE = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+DEFAULT_MAX_SIDE = 1024  # predict at most at this longer side by default
+LARGE_SIDE = 2048  # a warning when an image is predicted at more than this (time and memory grow fast)
 
 
 class DemoError(Exception):
     """A user error: reported as ``partcatseg-demo: error: ...`` with exit status 2."""
+
+
+class NothingProcessedError(Exception):
+    """Every input was skipped: reported as ``partcatseg-demo: error: ...`` with exit status 1."""
+
+
+class DemoResult(list):
+    """The JSON summaries of the processed images (a list), plus ``skipped``: ``{"file", "reason"}`` dicts."""
+
+    def __init__(self, summaries=(), skipped=()):
+        super().__init__(summaries)
+        self.skipped: list[dict] = list(skipped)
+        self.skipped_report: Optional[Path] = None  # skipped.json, when something was skipped
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,9 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     vocab.add_argument("--object-mask", help="PNG mask (non-zero = object) of the image's size; labels only inside it")
     vocab.add_argument("--no-background", action="store_true", help="never predict background (every pixel gets a class)")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
-    p.add_argument("--max-side", type=int, default=0, help="predict at most at this longer side, then resize (0 = full size)")
+    p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
+                   help=f"predict with the longer side reduced to at most this many pixels; outputs keep the input "
+                        f"size (default {DEFAULT_MAX_SIDE}; 0 = predict at full size: slow and memory-hungry for photos)")
     p.add_argument("--alpha", type=float, default=0.55, help="overlay opacity (default 0.55)")
     p.add_argument("--no-outlines", action="store_true", help="do not draw object outlines")
+    p.add_argument("--no-legend", action="store_true", help="no legend: the overlay has exactly the input's size")
     p.add_argument("--save-scores", action="store_true", help="also write <name>_scores.npz (float16 per-class scores)")
     p.add_argument("--device", help="shortcut for MODEL.DEVICE (cpu, cuda, cuda:1, auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -148,6 +170,100 @@ def _resolve_vocabulary(args, task: str):
     return resolved
 
 
+def _check_device(cfg, args) -> None:
+    """A device this machine does not have is a one-line error before the model is built."""
+    import torch
+
+    from ..config.resolve import resolve_device
+
+    device = resolve_device(cfg)
+    where = f"--device {args.device}" if args.device else f"MODEL.DEVICE={cfg.MODEL.DEVICE}"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            why = ("this PyTorch build has no CUDA support" if torch.version.cuda is None
+                   else "no CUDA GPU is visible: check the driver and CUDA_VISIBLE_DEVICES")
+            raise DemoError(f"{where}: CUDA is not available on this machine ({why}); use --device cpu or --device auto")
+        index = torch.device(device).index
+        count = torch.cuda.device_count()
+        if index is not None and index >= count:
+            raise DemoError(f"{where}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
+    elif device == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise DemoError(f"{where}: Apple MPS is not available on this machine; use --device cpu or --device auto")
+
+
+def _read_object_mask(path: str) -> np.ndarray:
+    """The ``--object-mask`` PNG as an (H, W) bool array (non-zero = object), read before the model is built."""
+    from PIL import Image
+
+    from ..inference.io import _reason, load_mask
+
+    if not os.path.isfile(path):
+        raise DemoError(f"--object-mask {path}: file not found")
+    try:
+        with Image.open(path) as im:
+            size = im.size[::-1]
+    except Exception as err:  # noqa: BLE001 - any decoding problem is the same user error
+        raise DemoError(f"--object-mask {path}: cannot be read as an image ({_reason(err, path)})") from err
+    try:
+        return load_mask(path, size, what="--object-mask")
+    except ValueError as err:
+        raise DemoError(str(err)) from err
+
+
+def _note(message: str) -> None:
+    """One line on stderr that does not break the progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(f"{PROG}: {message}", file=sys.stderr)
+
+
+def _size_notes(path: Path, shape: tuple[int, ...], max_side: int) -> tuple[int, int]:
+    """The working size of an image; one info line if it is reduced, one warning if it stays very large."""
+    from ..inference.predictor import working_size
+
+    h, w = shape[:2]
+    wh, ww = working_size(h, w, max_side or None)
+    if (wh, ww) != (h, w):
+        _note(f"{path}: {w}x{h} px, predicting at {ww}x{wh} (--max-side {max_side}; the outputs keep "
+              f"{w}x{h}; --max-side 0 predicts at full size)")
+    if max(wh, ww) > LARGE_SIDE:
+        at = "full size" if (wh, ww) == (h, w) else f"{ww}x{wh}"
+        _note(f"warning: {path} is {w}x{h} px and is predicted at {at}: this takes long and much memory; "
+              f"--max-side {DEFAULT_MAX_SIDE} predicts with the longer side reduced to {DEFAULT_MAX_SIDE} px "
+              f"(the outputs keep the input size)")
+    return wh, ww
+
+
+def _read_input(path: Path, mask: Optional[np.ndarray]) -> np.ndarray:
+    """The image at ``path``; ValueError with a reason (no path) when it cannot be used."""
+    from ..inference import load_image
+
+    try:
+        image, _ = load_image(str(path))
+    except FileNotFoundError:
+        raise ValueError("the file is gone") from None
+    except ValueError as err:
+        reason = str(err).replace(f"Cannot read {path} as an image: ", "")
+        raise ValueError(f"cannot be read as an image ({reason})") from err
+    if mask is not None and mask.shape != image.shape[:2]:
+        raise ValueError(f"the --object-mask is {mask.shape[1]}x{mask.shape[0]} px but the image is "
+                         f"{image.shape[1]}x{image.shape[0]} px; the mask must have the image's size")
+    return image
+
+
+def _write_skipped(out_dir: Path, skipped: list[dict], total: int) -> Optional[Path]:
+    path = out_dir / "skipped.json"
+    if skipped:
+        report = {"num_inputs": total, "num_skipped": len(skipped), "skipped": skipped}
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        return path
+    if path.is_file():  # a report of an earlier run in this folder would mislead
+        path.unlink()
+    return None
+
+
 def _label_png(labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, int]:
     if num_classes <= 254:
         return np.where(labels < 0, 255, labels).astype(np.uint8), 255
@@ -172,7 +288,8 @@ def _write_outputs(pred, image: np.ndarray, stem: str, out_dir: Path, args, extr
 
     from ..visualize import render_overlay
 
-    rendered = render_overlay(image, pred.labels, pred.class_names, alpha=args.alpha, outlines=not args.no_outlines)
+    rendered = render_overlay(image, pred.labels, pred.class_names, alpha=args.alpha, outlines=not args.no_outlines,
+                              legend=not args.no_legend)
     overlay_path = out_dir / f"{stem}_overlay.png"
     labels_path = out_dir / f"{stem}_labels.png"
     json_path = out_dir / f"{stem}.json"
@@ -183,6 +300,7 @@ def _write_outputs(pred, image: np.ndarray, stem: str, out_dir: Path, args, extr
     summary.update(extra)
     summary["legend"] = rendered.legend
     summary["legend_complete"] = rendered.legend_complete
+    summary["legend_placement"] = rendered.legend_placement  # inside / right / below (a larger overlay) / None
     summary["files"] = {"overlay": overlay_path.name, "labels": labels_path.name}
     summary["label_png"] = {"value": "index into vocabulary_classes", "background_or_none": none_value}
     if args.save_scores and pred.scores is not None:
@@ -194,8 +312,13 @@ def _write_outputs(pred, image: np.ndarray, stem: str, out_dir: Path, args, extr
     return summary
 
 
-def run(argv: Optional[Sequence[str]] = None) -> list[dict]:
-    """The demo without the error-to-exit-status translation of :func:`main`; returns the JSON summaries."""
+def run(argv: Optional[Sequence[str]] = None) -> DemoResult:
+    """The demo without the error-to-exit-status translation of :func:`main`.
+
+    Returns the JSON summaries of the processed images (``.skipped`` lists the inputs that could
+    not be used, also written to ``skipped.json``); raises :class:`NothingProcessedError` when
+    every input was skipped.
+    """
     from ..config import setup_cfg
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -214,13 +337,15 @@ def run(argv: Optional[Sequence[str]] = None) -> list[dict]:
         raise DemoError(f"--max-side must be >= 0, got {args.max_side}")
     config_file = _config_file(args, opts)
     cfg = setup_cfg(config_file, opts)
+    _check_device(cfg, args)
     model_task = _model_task(cfg)
     vocabulary = _resolve_vocabulary(args, model_task)
     images = find_images(args.input)
+    mask = _read_object_mask(args.object_mask) if args.object_mask else None
 
     from tqdm import tqdm
 
-    from ..inference import Predictor, build_model_with_weights, load_image
+    from ..inference import Predictor, build_model_with_weights
 
     model = build_model_with_weights(cfg)
     out_dir = Path(args.output)
@@ -231,28 +356,48 @@ def run(argv: Optional[Sequence[str]] = None) -> list[dict]:
         if args.object is not None:
             predictor.object_index(args.object)  # validates against the final vocabulary
         task = {"object": args.object, "background": False if args.no_background else None}
-    if args.object_mask:
-        task["object_mask"] = args.object_mask
+    if mask is not None:
+        task["object_mask"] = mask
     extra = {"config": str(config_file), "weights": str(cfg.MODEL.WEIGHTS)}
-    stems = _unique_stems(images)
-    summaries = []
+    items = list(zip(images, _unique_stems(images)))
+    result = DemoResult()
     with tqdm(total=len(images), unit="img", desc=PROG, disable=args.quiet) as bar:
-        preds = predictor.predict_iter(
-            [str(p) for p in images],
-            batch_size=args.batch_size,
-            keep_scores=args.save_scores,
-            max_side=args.max_side or None,
-            **task,
+        for start in range(0, len(items), args.batch_size):
+            loaded = []
+            for path, stem in items[start : start + args.batch_size]:
+                try:
+                    image = _read_input(path, mask)
+                except ValueError as err:  # skip this input, go on with the others
+                    _note(f"warning: skipping {path}: {err}")
+                    result.skipped.append({"file": str(path), "reason": str(err)})
+                    bar.update(1)
+                    continue
+                loaded.append((path, stem, image, _size_notes(path, image.shape, args.max_side)))
+            if not loaded:
+                continue
+            preds = predictor.predict_iter(
+                [image for _, _, image, _ in loaded],
+                batch_size=len(loaded),
+                keep_scores=args.save_scores,
+                max_side=args.max_side or None,
+                **task,
+            )
+            for (path, stem, image, size), pred in zip(loaded, preds):
+                pred.source = str(path)
+                per_image = dict(extra, predicted_at={"height": size[0], "width": size[1]})
+                result.append(_write_outputs(pred, image, stem, out_dir, args, per_image))
+                bar.update(1)
+    result.skipped_report = _write_skipped(out_dir, result.skipped, len(images))
+    if not result:
+        raise NothingProcessedError(
+            f"none of the {len(images)} input image(s) could be processed (reasons above and in {result.skipped_report})"
         )
-        for path, stem, pred in zip(images, stems, preds):
-            image, _ = load_image(str(path))
-            summaries.append(_write_outputs(pred, image, stem, out_dir, args, extra))
-            bar.update(1)
-    return summaries
+    return result
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Console entry point: 0 on success, 2 on a usage/input error (message on stderr)."""
+    """Console entry point: 0 on success (unreadable inputs skipped), 1 if no image could be processed,
+    2 on a usage/input error (message on stderr)."""
     from ..config import ConfigError
     from ..vocab import VocabularyError
     from ..weights import WeightsError
@@ -260,10 +405,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         summaries = run(argv)
+    except NothingProcessedError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1
     except (DemoError, ConfigError, WeightsError, FileNotFoundError, VocabularyError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     print(f"{PROG}: wrote {3 * len(summaries)} files for {len(summaries)} image(s)")
+    if summaries.skipped:
+        names = ", ".join(s["file"] for s in summaries.skipped[:5]) + (", ..." if len(summaries.skipped) > 5 else "")
+        print(f"{PROG}: skipped {len(summaries.skipped)} of {len(summaries) + len(summaries.skipped)} image(s), "
+              f"listed with the reasons in {summaries.skipped_report}: {names}", file=sys.stderr)
     return 0
 
 

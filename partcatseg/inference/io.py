@@ -21,6 +21,13 @@ def _is_pil(x: Any) -> bool:
     return isinstance(x, Image.Image)
 
 
+def _reason(err: BaseException, path: str) -> str:
+    """An exception as a short phrase without repeating the path (PIL messages often quote it)."""
+    text = (str(err).strip() or type(err).__name__).splitlines()[0]
+    text = text.replace(repr(path), "").replace(path, "").strip(" :")
+    return text or type(err).__name__
+
+
 def load_image(image: ImageInput) -> tuple[np.ndarray, Optional[str]]:
     """An (H, W, 3) uint8 RGB array and the source path (if any).
 
@@ -38,8 +45,11 @@ def load_image(image: ImageInput) -> tuple[np.ndarray, Optional[str]]:
             with Image.open(path) as im:
                 im = ImageOps.exif_transpose(im)
                 array = np.array(im.convert("RGB"))
-        except OSError as err:
-            raise ValueError(f"Cannot read {path} as an image: {err}") from err
+        except (OSError, SyntaxError, EOFError, ValueError, Image.DecompressionBombError) as err:
+            # OSError covers PIL's UnidentifiedImageError ("cannot identify image file") and truncated files
+            raise ValueError(f"Cannot read {path} as an image: {_reason(err, path)}") from err
+        if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0:
+            raise ValueError(f"Cannot read {path} as an image: empty image of shape {array.shape}")
         return np.ascontiguousarray(array), path
     if _is_pil(image):
         return np.array(image.convert("RGB")), getattr(image, "filename", None) or None
@@ -73,8 +83,11 @@ def load_mask(mask: MaskInput, size: tuple[int, int], what: str = "object_mask")
         source = f" ({mask})"
         if not os.path.isfile(str(mask)):
             raise FileNotFoundError(f"{what} file not found: {mask}")
-        with Image.open(str(mask)) as im:
-            array = np.asarray(im.convert("L"))
+        try:
+            with Image.open(str(mask)) as im:
+                array = np.asarray(im.convert("L"))
+        except (OSError, SyntaxError, EOFError, ValueError, Image.DecompressionBombError) as err:
+            raise ValueError(f"Cannot read {what} {mask} as an image: {_reason(err, str(mask))}") from err
     elif _is_pil(mask):
         array = np.asarray(mask.convert("L"))
     elif isinstance(mask, torch.Tensor):
@@ -86,5 +99,8 @@ def load_mask(mask: MaskInput, size: tuple[int, int], what: str = "object_mask")
     if array.ndim != 2:
         raise ValueError(f"{what}{source} must be (H, W); got shape {array.shape}")
     if tuple(array.shape) != tuple(size):
-        raise ValueError(f"{what}{source} has shape {tuple(array.shape)} but the image is {tuple(size)} (H, W)")
+        raise ValueError(
+            f"{what}{source} has shape {tuple(array.shape)} but the image is {tuple(size)} (H, W); "
+            f"the mask must have the image's size"
+        )
     return array != 0

@@ -31,7 +31,7 @@ from ..vocab import Vocabulary, VocabularyError, oracle_class_mask, resolve_voca
 from .io import ImageInput, load_image, load_mask
 from .result import Prediction
 
-__all__ = ["Predictor", "PartPredictor", "SemanticPredictor", "build_model_with_weights"]
+__all__ = ["Predictor", "PartPredictor", "SemanticPredictor", "build_model_with_weights", "working_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +59,22 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float32).numpy()
 
 
-def _working_size(h: int, w: int, max_side: Optional[int]) -> tuple[int, int]:
+def working_size(h: int, w: int, max_side: Optional[int]) -> tuple[int, int]:
+    """(H, W) an image of ``h`` x ``w`` is predicted at: the longer side reduced to ``max_side`` (None/0: as is)."""
     if not max_side or max(h, w) <= max_side:
         return h, w
     scale = max_side / max(h, w)
     return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+
+def _resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` (H, W, 3) uint8 resized to ``size`` (H, W) with PIL's bilinear filter (area-weighted when shrinking)."""
+    if tuple(image.shape[:2]) == tuple(size):
+        return image
+    from PIL import Image
+
+    return np.array(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))  # a writable copy
 
 
 def _as_list(x: Any, n: int, what: str, single_types: tuple) -> list:
@@ -210,8 +221,9 @@ class Predictor:
             for (array, _), task in zip(loaded, chunk_tasks):
                 if task.get("mask") is not None:
                     task["mask"] = load_mask(task["mask"], array.shape[:2])
-            sizes = [_working_size(a.shape[0], a.shape[1], max_side) for a, _ in loaded]
-            records = [self._record(a, s, t) for (a, _), s, t in zip(loaded, sizes, chunk_tasks)]
+            sizes = [working_size(a.shape[0], a.shape[1], max_side) for a, _ in loaded]
+            # the model sees the reduced image (bounded time and memory); outputs return to the input's size
+            records = [self._record(_resize_image(a, s), s, t) for (a, _), s, t in zip(loaded, sizes, chunk_tasks)]
             with torch.no_grad():
                 outputs = self.model(records)
             for (array, source), out, task in zip(loaded, outputs, chunk_tasks):
@@ -243,8 +255,9 @@ class Predictor:
     def __call__(self, images, *, batch_size: int = 1, keep_scores: bool = True, max_side: Optional[int] = None, **kwargs):
         """Predict one image (-> :class:`Prediction`) or a list of images (-> list).
 
-        ``max_side`` computes the prediction with the longer side reduced to it (labels are then
-        resized back, nearest); it bounds memory for large photos.
+        ``max_side`` computes the prediction on the image with its longer side reduced to it
+        (labels are then resized back, nearest; confidences and scores bilinear); it bounds time
+        and memory for large photos.
         """
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
