@@ -27,9 +27,13 @@ def test_run_cli_statuses_and_debug(capsys, monkeypatch):
     assert run_cli(bad_config, ["x"], "tool.py") == USAGE_EXIT
     err = capsys.readouterr().err
     assert err == "tool.py: error: SOLVER.BASE_LR=-1.0: expected a non-negative number\n"
+    # something named on the command line / in the config that is not there: usage (2)
     assert run_cli(lambda argv: (_ for _ in ()).throw(FileNotFoundError(2, "No such file or directory", "/x/y.pth")),
-                   [], "tool.py") == RUNTIME_EXIT
+                   [], "tool.py") == USAGE_EXIT
     assert capsys.readouterr().err == "tool.py: error: No such file or directory: /x/y.pth\n"
+    # a failure while working: runtime (1)
+    assert run_cli(lambda argv: (_ for _ in ()).throw(CheckpointError("checkpoint x.pth is truncated")), [], "t") == RUNTIME_EXIT
+    assert capsys.readouterr().err == "t: error: checkpoint x.pth is truncated\n"
     assert run_cli(lambda argv: (_ for _ in ()).throw(UsageError("--max-side must be >= 0")), [], "t") == 2
     with pytest.raises(ConfigError):  # --debug (removed from argv) shows the traceback
         run_cli(bad_config, ["--debug"], "tool.py")

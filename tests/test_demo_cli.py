@@ -171,6 +171,9 @@ def test_split_opts():
     assert split_opts(["--input", "a.jpg", "b.jpg", "MODEL.WEIGHTS", "x.pth", "MODEL.DEVICE", "cpu"]) == (
         ["--input", "a.jpg", "b.jpg"], ["MODEL.WEIGHTS", "x.pth", "MODEL.DEVICE", "cpu"])
     assert split_opts(["--input", "a.jpg", "--opts", "A.B", "1"]) == (["--input", "a.jpg"], ["A.B", "1"])
+    # overrides placed before the options (a common slip) are still overrides
+    assert split_opts(["MODEL.WEIGHTS", "x.pth", "--input", "a.jpg", "--output", "o", "MODEL.DEVICE", "cpu"]) == (
+        ["--input", "a.jpg", "--output", "o"], ["MODEL.WEIGHTS", "x.pth", "MODEL.DEVICE", "cpu"])
 
 
 def test_tools_wrapper_and_console_script(tmp_path):

@@ -28,6 +28,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .errors import UsageError, run_cli
+
 __all__ = ["main", "run", "build_parser", "split_opts", "find_images", "DemoError", "NothingProcessedError", "DemoResult",
            "DEFAULT_MAX_SIDE", "LARGE_SIDE"]
 
@@ -39,7 +41,7 @@ DEFAULT_MAX_SIDE = 1024  # predict at most at this longer side by default
 LARGE_SIDE = 2048  # a warning when an image is predicted at more than this (time and memory grow fast)
 
 
-class DemoError(Exception):
+class DemoError(UsageError):
     """A user error: reported as ``partcatseg-demo: error: ...`` with exit status 2."""
 
 
@@ -88,15 +90,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def split_opts(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Split off trailing config overrides: from the first ``KEY.NAME``-looking token (or ``--opts``)."""
+    """Separate config overrides (``KEY.NAME VALUE`` pairs, anywhere on the line, or all after ``--opts``)."""
     argv = list(argv)
+    rest: list[str] = []
     if "--opts" in argv:
         i = argv.index("--opts")
-        return argv[:i], argv[i + 1 :]
-    for i, token in enumerate(argv):
-        if _KEY_RE.match(token):
-            return argv[:i], argv[i:]
-    return argv, []
+        argv, rest = argv[:i], argv[i + 1 :]
+    options: list[str] = []
+    opts: list[str] = []
+    i = 0
+    while i < len(argv):
+        if _KEY_RE.match(argv[i]):
+            opts += argv[i : i + 2]  # the key and its value (a missing value is reported by run())
+            i += 2
+        else:
+            options.append(argv[i])
+            i += 1
+    return options, opts + rest
 
 
 def find_images(inputs: Sequence[str]) -> list[Path]:
@@ -397,20 +407,17 @@ def run(argv: Optional[Sequence[str]] = None) -> DemoResult:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point: 0 on success (unreadable inputs skipped), 1 if no image could be processed,
-    2 on a usage/input error (message on stderr)."""
-    from ..config import ConfigError
-    from ..vocab import VocabularyError
-    from ..weights import WeightsError
-
+    2 on a usage/input error; one message line on stderr (the common error path of every command line)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return run_cli(_main, argv, PROG)
+
+
+def _main(argv: list) -> int:
     try:
         summaries = run(argv)
     except NothingProcessedError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
-    except (DemoError, ConfigError, WeightsError, FileNotFoundError, VocabularyError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
     print(f"{PROG}: wrote {3 * len(summaries)} files for {len(summaries)} image(s)")
     if summaries.skipped:
         names = ", ".join(s["file"] for s in summaries.skipped[:5]) + (", ..." if len(summaries.skipped) > 5 else "")

@@ -1,10 +1,12 @@
 """One error path for every command line.
 
 A user's mistake (a config typo, a missing file, a dataset that is not prepared, a bad vocabulary,
-a checkpoint that does not fit) is reported in one or two lines — what is wrong, where, what to do —
-with exit status 2 for usage and configuration errors and 1 for runtime failures. A genuine bug keeps
-its traceback. ``--debug`` (on any of our command lines) or ``PARTCATSEG_DEBUG=1`` shows the traceback
-for user errors too.
+a checkpoint that does not fit) is reported in one or two lines — what is wrong, where, what to do.
+Exit status 2: the command line or the config names something wrong or absent (a key, a value, a
+vocabulary, an input file, a weights file, a dataset that is not prepared). Exit status 1: a failure
+while working (a corrupt or unsafe checkpoint, a failed download, a bad dataset record, a full disk,
+no permission). A genuine bug keeps its traceback. ``--debug`` (on any of our command lines) or
+``PARTCATSEG_DEBUG=1`` shows the traceback for user errors too.
 """
 from __future__ import annotations
 
@@ -35,13 +37,13 @@ def classify(err: BaseException) -> Optional[str]:
     from ..data.datasets.common import DatasetFilesError
     from ..data.mappers import BadRecordError
     from ..vocab import VocabularyError
-    from ..weights import WeightsError
+    from ..weights import WeightsError, WeightsNotFoundError
 
-    if isinstance(err, (UsageError, ConfigError, VocabularyError)):
+    if isinstance(err, (UsageError, ConfigError, VocabularyError, WeightsNotFoundError, DatasetFilesError)):
         return "usage"
-    if isinstance(err, (CheckpointError, WeightsError, DatasetFilesError, BadRecordError)):
-        return "runtime"
-    if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+    if isinstance(err, (FileNotFoundError, NotADirectoryError, IsADirectoryError)):
+        return "usage"
+    if isinstance(err, (CheckpointError, WeightsError, BadRecordError, PermissionError)):
         return "runtime"
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
         return "runtime"
