@@ -33,8 +33,7 @@ demo: venv
 	@test -f $(DETECTRON2_DATASETS)/ToyPart/toy_meta.json || \
 	  $(PY) tools/make_toy_dataset.py --out $(DETECTRON2_DATASETS)/ToyPart --num-train 120 --num-val 24 --quiet
 	$(PY) train_net.py --config-file configs/toy/partcatseg_toy.yaml OUTPUT_DIR $(DEMO_OUT)
-	@echo "Results: $(DEMO_OUT)/inference/results_table.txt (metrics.json, TensorBoard events and checkpoints in $(DEMO_OUT))"
-	@cat $(DEMO_OUT)/inference/results_table.txt
+	@echo "Results (the table above): $(DEMO_OUT)/inference/results_table.txt; metrics.json, TensorBoard events and checkpoints in $(DEMO_OUT)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -201,7 +201,7 @@ class PartSegEvaluator:
         results: "OrderedDict[str, Dict[str, Dict[str, float]]]" = OrderedDict()
         results["oracle_obj"] = compute_metrics(conf["oracle_obj"], self.class_names, False, self.evaluation_set)
         results["pred_all"] = compute_metrics(conf["pred_all"], self.class_names, True, self.evaluation_set)
-        logger.info("Part segmentation on %d records:\n%s", count, summary_table(results))
+        logger.debug("Part segmentation on %d records:\n%s", count, summary_table(results))  # the runner prints the table
         if self.output_dir and _is_main_process(self.distributed):
             os.makedirs(self.output_dir, exist_ok=True)
             write_json(os.path.join(self.output_dir, "part_seg_results.json"), {"num_records": count, **results})

@@ -207,7 +207,7 @@ class SemSegEvaluator:
             )
         res = semseg_metrics(conf, self.class_names)
         results: "OrderedDict[str, Dict[str, float]]" = OrderedDict([(self.result_key, res)])
-        logger.info("%s on %d images:\n%s", type(self).__name__, count, semseg_table(results))
+        logger.debug("%s on %d images:\n%s", type(self).__name__, count, semseg_table(results))
         if self.output_dir and _is_main_process(self.distributed):
             os.makedirs(self.output_dir, exist_ok=True)
             write_json(
