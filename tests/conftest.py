@@ -1,6 +1,7 @@
 """Shared test fixtures: tiny model configs and paths to the copied reference data."""
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -81,3 +82,21 @@ def run_tool(args, dataset_root, timeout: int = 600) -> subprocess.CompletedProc
                           timeout=timeout, cwd=str(REPO))
     assert proc.returncode == 0, f"{args[0]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
+
+
+@pytest.fixture
+def logs():
+    """Records of the partcatseg loggers (attached directly: independent of other tests' propagation)."""
+    got: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            got.append(record)
+
+    handler, lg = Keep(logging.DEBUG), logging.getLogger("partcatseg")
+    old = lg.level
+    lg.addHandler(handler)
+    lg.setLevel(logging.INFO)
+    yield got
+    lg.removeHandler(handler)
+    lg.setLevel(old)

@@ -59,24 +59,6 @@ def _same_state(a: nn.Module, b: nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]) for k in sa)
 
 
-@pytest.fixture
-def logs():
-    """Records of the partcatseg loggers (attached directly: independent of other tests' propagation)."""
-    got: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            got.append(record)
-
-    handler, lg = Keep(logging.DEBUG), logging.getLogger("partcatseg")
-    old = lg.level
-    lg.addHandler(handler)
-    lg.setLevel(logging.INFO)
-    yield got
-    lg.removeHandler(handler)
-    lg.setLevel(old)
-
-
 def _warnings(records):
     return [r.getMessage() for r in records if r.levelno >= logging.WARNING]
 

@@ -47,24 +47,6 @@ def encode_calls(monkeypatch):
     return calls
 
 
-@pytest.fixture
-def logs():
-    """Records of the partcatseg loggers (attached directly: independent of other tests' propagation)."""
-    got: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            got.append(record)
-
-    handler, lg = Keep(logging.DEBUG), logging.getLogger("partcatseg")
-    old = lg.level
-    lg.addHandler(handler)
-    lg.setLevel(logging.INFO)
-    yield got
-    lg.removeHandler(handler)
-    lg.setLevel(old)
-
-
 def _warnings(records, level=logging.WARNING):
     return [r.getMessage() for r in records if r.levelno >= level]
 
