@@ -211,6 +211,8 @@ def results_markdown(path: os.PathLike | str) -> str:
     if path.suffix == ".md":
         return text.strip()
     if path.suffix != ".json":
+        if any(line.startswith("|") for line in text.splitlines()):  # train_net's results_table.txt
+            return _tables_to_markdown(text.strip(), first_is_dataset=True)
         return "```\n" + text.strip() + "\n```"
     try:
         data = json.loads(text)
@@ -241,15 +243,17 @@ def results_markdown(path: os.PathLike | str) -> str:
     return "\n\n".join(blocks)
 
 
-def _tables_to_markdown(text: str) -> str:
-    """summary_table's blocks (a title line, then a GitHub table) with the titles in italics."""
+def _tables_to_markdown(text: str, first_is_dataset: bool = False) -> str:
+    """Blocks of title lines and GitHub tables (summary_table, results_table.txt) as Markdown: a dataset
+    name (results_table.txt starts each dataset with one) in code style, the other titles in italics."""
     out = []
     for block in text.split("\n\n"):
         lines = block.splitlines()
-        if lines and not lines[0].startswith("|"):
-            out.append(f"*{lines[0]}*\n\n" + "\n".join(lines[1:]))
-        else:
-            out.append(block)
+        titles = [line.strip() for line in lines if not line.startswith("|")]
+        table = [line for line in lines if line.startswith("|")]
+        # "dataset\ntitle\n|table|": a block with two title lines starts a dataset
+        heads = [f"`{t}`" if first_is_dataset and i == 0 and len(titles) >= 2 else f"*{t}*" for i, t in enumerate(titles)]
+        out.append("\n\n".join(heads + (["\n".join(table)] if table else [])))
     return "\n\n".join(out)
 
 
@@ -520,7 +524,7 @@ def convert_checkpoint(
         results=results_text,
         results_source=_display_path(results_path) if results_path else "",
         command=command,
-        source_checkpoint=weights if not os.path.isfile(weights) else os.path.basename(path),
+        source_checkpoint=str(weights),
         source_sha256=source_sha,
         description=description,
     )
