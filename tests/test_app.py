@@ -187,7 +187,10 @@ def test_toy_model_is_trained_when_missing(tmp_path, small_toy_root):
 
 
 def test_app_command_line_errors(tmp_path, monkeypatch, capsys):
-    from partcatseg.cli.app import main
+    from partcatseg.cli.app import build_parser, main
+
+    defaults = build_parser().parse_args([])
+    assert (defaults.host, defaults.port, defaults.device) == ("127.0.0.1", 7860, "auto")  # this machine only
 
     monkeypatch.setenv("PARTCATSEG_WEIGHTS_DIR", str(tmp_path))
     assert main(["--no-toy", "--toy-output", str(tmp_path / "none")]) == 2

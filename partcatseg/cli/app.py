@@ -22,6 +22,7 @@ import inspect
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -155,7 +156,9 @@ def build_app(backend, *, banner: str = "", examples: Sequence[Path] = (), title
 
     default = backend.default
     first_toy = backend.choice(default).toy
-    with gr.Blocks(title=f"{title} — open-vocabulary part segmentation", analytics_enabled=False) as demo:
+    # delete_cache: Gradio's copies of uploads and results ($GRADIO_TEMP_DIR) go after an hour and at exit
+    with gr.Blocks(title=f"{title} — open-vocabulary part segmentation", analytics_enabled=False,
+                   **_kwargs(gr.Blocks, delete_cache=(3600, 3600))) as demo:
         gr.Markdown(f"# {title}: open-vocabulary part segmentation\nUpload an image, name the objects and their "
                     "parts in any words, and see where they are. It runs on this machine: images are not sent anywhere.")
         banner_md = gr.Markdown(backend_banner(first_toy), visible=bool(first_toy or banner), elem_id="banner")
@@ -247,6 +250,7 @@ def _main(argv: list) -> int:
     url_host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
     print(f"{PROG}: serving http://{url_host}:{port} (models: {', '.join(backend.choices)}; device "
           f"{predictor.model.device}; request files in {output / 'requests'}). Ctrl-C stops.", file=sys.stderr, flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a terminated server still removes its temporary folder
     demo.launch(server_name=args.host, server_port=port, share=False, inbrowser=False, show_error=True,
                 quiet=True, allowed_paths=[str(output)])
     return 0
