@@ -257,6 +257,15 @@ def test_hub_repository_from_an_offline_cache(tmp_path, monkeypatch):
         hub.load_pretrained("someone/not-cached")
     with pytest.raises(hub.PretrainedNotFoundError, match="not a pretrained folder, a checkpoint file"):
         hub.load_pretrained("no such thing")
+    # online but the hub cannot be reached: the cache serves what it has, the rest is a one-line error
+    from partcatseg import weights
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
+    monkeypatch.setattr(weights, "_unreachable", lambda url, timeout=3.0: "cannot reach huggingface.co (test)")
+    assert hub.load_pretrained("someone/partcatseg-tiny", device="cpu").source.kind == "hub"
+    with pytest.raises(weights.WeightsDownloadError, match="cannot reach huggingface.co .test., and it is not in the local cache"):
+        hub.load_pretrained("someone/not-cached")
 
 
 class FakeHfApi:

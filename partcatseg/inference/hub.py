@@ -25,7 +25,6 @@ import logging
 import os
 import re
 import shlex
-import sys
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,7 +43,12 @@ __all__ = [
     "PretrainedError",
     "PretrainedNotFoundError",
     "PretrainedModel",
+    "PretrainedSource",
     "ConvertResult",
+    "check_folder",
+    "command_line",
+    "download_repo",
+    "offline",
     "convert_checkpoint",
     "find_results",
     "from_pretrained",
@@ -558,10 +562,6 @@ def is_repo_id(name: str) -> bool:
 
 def offline() -> bool:
     """Whether the environment forbids network access (PARTCATSEG_OFFLINE, HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE)."""
-    return _offline()
-
-
-def _offline() -> bool:
     return any(os.environ.get(k, "") not in ("", "0", "false", "False")
                for k in ("PARTCATSEG_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
@@ -577,29 +577,40 @@ def _hub_cache_dir() -> Optional[str]:
 
 def download_repo(repo_id: str, *, revision: Optional[str] = None, cache_dir: Optional[str] = None,
                   local_files_only: Optional[bool] = None) -> Path:
-    """The snapshot folder of hub repository ``repo_id`` (fetched into the hub cache, or read from it offline)."""
+    """The snapshot folder of hub repository ``repo_id``: fetched into the hub cache (only the pretrained
+    folder's file types), or read from the cache when offline, when ``local_files_only``, or when the hub
+    cannot be reached (one quick probe instead of the client's retries)."""
     from huggingface_hub import snapshot_download
 
-    offline = _offline() if local_files_only is None else bool(local_files_only)
+    from ..weights import _unreachable
+
+    local_only = offline() if local_files_only is None else bool(local_files_only)
     cache_dir = cache_dir or _hub_cache_dir()
+    where = f" (cache: {cache_dir})" if cache_dir else ""
+    unreachable = None if local_only else _unreachable(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+
+    def fetch(local: bool) -> str:
+        return snapshot_download(repo_id=repo_id, revision=revision, cache_dir=cache_dir, local_files_only=local,
+                                 allow_patterns=["*.safetensors", "*.yaml", "*.json", "*.md"])
+
     try:
-        folder = snapshot_download(
-            repo_id=repo_id, revision=revision, cache_dir=cache_dir, local_files_only=offline,
-            allow_patterns=["*.safetensors", "*.yaml", "*.json", "*.md"],
-        )
+        folder = fetch(local_only or unreachable is not None)
+        if unreachable:
+            logger.warning("%s; using the cached snapshot of %s", unreachable, repo_id)
     except Exception as err:  # noqa: BLE001 - the hub client raises many types; all mean "not available"
         kind = type(err).__name__
-        where = f" (cache: {cache_dir})" if cache_dir else ""
-        if offline:
+        first = str(err).splitlines()[0] if str(err) else ""
+        if local_only:
+            why = "offline (HF_HUB_OFFLINE / PARTCATSEG_OFFLINE)" if local_files_only is None else "local_files_only"
             raise PretrainedNotFoundError(
                 f"{repo_id!r} is not a local folder, a weights name or a hub repository in the local cache{where}; "
-                f"offline (HF_HUB_OFFLINE / PARTCATSEG_OFFLINE), so nothing was downloaded ({kind})"
-            ) from err
+                f"{why}, so nothing was downloaded ({kind})") from err
+        if unreachable:
+            raise WeightsDownloadError(f"{repo_id!r}: {unreachable}, and it is not in the local cache{where}") from err
         if kind in ("RepositoryNotFoundError", "RevisionNotFoundError", "GatedRepoError"):
-            raise PretrainedNotFoundError(f"{repo_id!r}: no such hub repository or revision, or no access ({kind}: "
-                             f"{str(err).splitlines()[0]})") from err
-        raise WeightsDownloadError(f"{repo_id!r}: download from the Hugging Face hub failed ({kind}: "
-                                   f"{str(err).splitlines()[0] if str(err) else ''})") from err
+            raise PretrainedNotFoundError(f"{repo_id!r}: no such hub repository or revision, or no access "
+                                          f"({kind}: {first})") from err
+        raise WeightsDownloadError(f"{repo_id!r}: download from the Hugging Face hub failed ({kind}: {first})") from err
     folder = Path(folder)
     if not is_pretrained_folder(folder):
         present = sorted(p.name for p in folder.iterdir())
@@ -668,9 +679,8 @@ def load_pretrained(name_or_path: os.PathLike | str, *, device: Optional[str] = 
                     cache_dir: Optional[str] = None, local_files_only: Optional[bool] = None) -> PretrainedModel:
     """:func:`from_pretrained` that also returns the config and where the model came from."""
     from ..checkpoint import Checkpointer
-    from ..config import setup_cfg
+    from ..config import resolve_device, setup_cfg
     from ..modeling import meta_architecture_class
-    from ..config import resolve_device
 
     source = resolve_pretrained(name_or_path, config_file=config_file, revision=revision, cache_dir=cache_dir,
                                 local_files_only=local_files_only)
@@ -737,7 +747,7 @@ def push_to_hub(folder: os.PathLike | str, repo_id: str, *, private: Optional[bo
     if not is_repo_id(repo_id):
         raise PretrainedNotFoundError(f"{repo_id!r} is not a hub repository id (expected <user or org>/<name>)")
     if api is None:
-        if _offline():
+        if offline():
             raise WeightsDownloadError(f"offline (HF_HUB_OFFLINE / PARTCATSEG_OFFLINE): not uploading {folder} to {repo_id}")
         from huggingface_hub import HfApi
 
