@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-fast demo clean
+.PHONY: venv test test-fast demo app clean
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,14 @@ demo: venv
 	  $(PY) tools/make_toy_dataset.py --out $(DETECTRON2_DATASETS)/ToyPart --num-train 120 --num-val 24 --quiet
 	$(PY) train_net.py --config-file configs/toy/partcatseg_toy.yaml OUTPUT_DIR $(DEMO_OUT)
 	@echo "Results (the table above): $(DEMO_OUT)/inference/results_table.txt; metrics.json, TensorBoard events and checkpoints in $(DEMO_OUT)"
+
+# The web app (Gradio) on http://127.0.0.1:7860: released weights when present in weights/, else the toy
+# model of `make demo` (trained first when output/toy_demo/model_final.pth is missing, as `make demo` does).
+# Options: make app APP_ARGS="--model partcatseg_voc --device cuda --port 7861"
+APP_ARGS ?=
+
+app: venv
+	$(PY) -m partcatseg.cli.app --toy-output $(DEMO_OUT) $(APP_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -33,13 +33,21 @@ setup(
         "colorcet>=3.0",
     ],
     extras_require={
-        "dev": ["pytest>=7.0"],
+        # the web app (partcatseg-app); tested with gradio 5.49.1 and 6.31.0 (gradio 5.0.x does not import
+        # next to huggingface_hub >= 1). gradio brings fastapi/uvicorn/pandas and caps Pillow below 13.
+        "app": ["gradio>=5.0"],
+        # tests: the app's client test (gradio_client comes with gradio) and browser test (selenium +
+        # Debian's chromium/chromium-driver; skipped without them)
+        "dev": ["pytest>=7.0", "gradio>=5.0", "selenium>=4.10"],
     },
     entry_points={
         "console_scripts": [
             "partcatseg-demo=partcatseg.cli.demo:main",
             "partcatseg-benchmark=partcatseg.cli.benchmark:main",
             "partcatseg-download-weights=partcatseg.cli.download_weights:main",
+            "partcatseg-convert-checkpoint=partcatseg.cli.convert_checkpoint:main",
+            "partcatseg-push-to-hub=partcatseg.cli.push_to_hub:main",
+            "partcatseg-app=partcatseg.cli.app:main",
         ],
     },
 )

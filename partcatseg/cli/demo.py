@@ -30,8 +30,8 @@ import numpy as np
 
 from .errors import UsageError, run_cli
 
-__all__ = ["main", "run", "build_parser", "split_opts", "find_images", "DemoError", "NothingProcessedError", "DemoResult",
-           "DEFAULT_MAX_SIDE", "LARGE_SIDE"]
+__all__ = ["main", "run", "build_parser", "split_opts", "find_images", "write_outputs", "DemoError",
+           "NothingProcessedError", "DemoResult", "DEFAULT_MAX_SIDE", "LARGE_SIDE"]
 
 PROG = "partcatseg-demo"
 _KEY_RE = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
@@ -294,12 +294,21 @@ def _unique_stems(paths: Sequence[Path]) -> list[str]:
 
 
 def _write_outputs(pred, image: np.ndarray, stem: str, out_dir: Path, args, extra: dict) -> dict:
+    return write_outputs(pred, image, stem, out_dir, extra, alpha=args.alpha, outlines=not args.no_outlines,
+                         legend=not args.no_legend, save_scores=args.save_scores)
+
+
+def write_outputs(pred, image: np.ndarray, stem: str, out_dir: Path, extra: dict, *, alpha: float = 0.55,
+                  outlines: bool = True, legend: bool = True, save_scores: bool = False) -> dict:
+    """Write ``<stem>_overlay.png``, ``<stem>_labels.png`` and ``<stem>.json`` of one prediction into
+    ``out_dir``; returns the JSON summary (``summary["files"]`` names the files). The demo and the web
+    app write their outputs with this."""
     from PIL import Image
 
     from ..visualize import render_overlay
 
-    rendered = render_overlay(image, pred.labels, pred.class_names, alpha=args.alpha, outlines=not args.no_outlines,
-                              legend=not args.no_legend)
+    out_dir = Path(out_dir)
+    rendered = render_overlay(image, pred.labels, pred.class_names, alpha=alpha, outlines=outlines, legend=legend)
     overlay_path = out_dir / f"{stem}_overlay.png"
     labels_path = out_dir / f"{stem}_labels.png"
     json_path = out_dir / f"{stem}.json"
@@ -313,7 +322,7 @@ def _write_outputs(pred, image: np.ndarray, stem: str, out_dir: Path, args, extr
     summary["legend_placement"] = rendered.legend_placement  # inside / right / below (a larger overlay) / None
     summary["files"] = {"overlay": overlay_path.name, "labels": labels_path.name}
     summary["label_png"] = {"value": "index into vocabulary_classes", "background_or_none": none_value}
-    if args.save_scores and pred.scores is not None:
+    if save_scores and pred.scores is not None:
         scores_path = out_dir / f"{stem}_scores.npz"
         np.savez_compressed(scores_path, scores=pred.scores.astype(np.float16), class_names=np.array(pred.class_names))
         summary["files"]["scores"] = scores_path.name

@@ -116,9 +116,27 @@ class Predictor:
             raise TypeError(f"{type(model).__name__} is a {model.task} model; use {other} (or Predictor)")
         self.model = model.eval()
         self.cfg = cfg
+        self.source = None  # where from_pretrained found the model (a PretrainedSource)
         self._default = model.vocabulary
         self.vocabulary = self._default
         self.set_vocabulary(vocabulary, objects=objects, classes=classes)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, *, device: Optional[str] = None, vocabulary: Any = None,
+                        objects: Any = None, classes: Any = None, opts=(), **kwargs: Any) -> "Predictor":
+        """A predictor for a weights name (``partcatseg_voc``), a pretrained folder, a checkpoint with a
+        ``config.yaml`` beside it, or a Hugging Face repository id (``org/repo``).
+
+        See :func:`partcatseg.inference.hub.from_pretrained` for the forms and ``kwargs``
+        (``revision``, ``cache_dir``, ``local_files_only``, ``config_file``). ``.source`` says where
+        the model came from.
+        """
+        from .hub import load_pretrained
+
+        loaded = load_pretrained(name_or_path, device=device, opts=opts, **kwargs)
+        predictor = cls(loaded.cfg, model=loaded.model, vocabulary=vocabulary, objects=objects, classes=classes)
+        predictor.source = loaded.source
+        return predictor
 
     @property
     def task(self) -> str:
