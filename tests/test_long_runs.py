@@ -95,6 +95,8 @@ def test_judge_missing_and_finished_ranks():
     # rank 1 never wrote a heartbeat this run: silent since this rank started looking
     verdict = judge_stall(beats, {1: 12.0}, world_size=2, me=0, limit=10.0, where="/x/heartbeats")
     assert verdict.ranks == [1] and any("no heartbeat from it in /x/heartbeats" in d for d in verdict.details)
+    # not heard from for less than the limit: it may be the rank behind, so nobody is blamed yet (not rank 0)
+    assert judge_stall(beats, {1: 9.0}, world_size=2, me=0, limit=10.0) is None
     # a rank that finished training (or failed) stops writing heartbeats on purpose: not "frozen"
     beats = {0: _hb("after_step", 5, age=30.0), 1: _hb("finishing", 5, age=0.0)}
     assert judge_stall(beats, {1: 100.0}, world_size=2, me=0, limit=10.0) is None

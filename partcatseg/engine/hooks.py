@@ -309,7 +309,8 @@ def judge_stall(heartbeats: Mapping[int, Mapping[str, Any]], silent: Mapping[int
     it announced the end of its training. Otherwise, a rank that has spent its allowance in a timed
     phase is stuck; if the rank(s) furthest behind (iteration, then phase within it) are all stuck,
     they are stalled: the others are waiting for them. If a rank furthest behind is still within its
-    allowance, or busy in an untimed phase (writing a checkpoint, evaluating), nobody is blamed yet.
+    allowance, or busy in an untimed phase (writing a checkpoint, evaluating), nobody is blamed yet;
+    nor while a rank that has not been heard from is silent for less than ``limit``.
     """
     dead = []
     for r in range(world_size):
@@ -322,6 +323,8 @@ def judge_stall(heartbeats: Mapping[int, Mapping[str, Any]], silent: Mapping[int
             dead.append(r)
     if dead:
         ranks = dead
+    elif any(r not in heartbeats for r in range(world_size)):
+        return None  # a rank not heard from yet may be the one behind: wait until it counts as silent
     else:
         def stuck(r: int) -> bool:
             hb = heartbeats[r]
@@ -489,6 +492,12 @@ class ProgressWatchdog(HookBase):
 
     # -- the thread
     def _run(self) -> None:
+        try:
+            self._watch()
+        except Exception:  # noqa: BLE001 - a bug here must not go unnoticed, nor stop training
+            logger.exception("progress watchdog on rank %d failed; training goes on without it", self._rank)
+
+    def _watch(self) -> None:
         last = time.monotonic()
         seen: Dict[int, Tuple[Any, float]] = {}   # rank -> (its last tick seen, seconds silent)
         latest: Dict[int, Dict[str, Any]] = {}

@@ -253,6 +253,19 @@ def _kill_tree(process: Any) -> None:
     process.join()
 
 
+def _finish_resource_tracker() -> None:
+    """Let multiprocessing's resource tracker clean up after killed workers now (it warns about their
+    semaphores), so that its warning comes before the launcher's error message, not after it."""
+    try:
+        from multiprocessing import resource_tracker
+
+        stop = getattr(resource_tracker._resource_tracker, "_stop", None)
+        if stop is not None:
+            stop()  # a later spawn starts a new tracker
+    except Exception:  # noqa: BLE001 - cosmetic only
+        pass
+
+
 def _join_workers(processes: Sequence[Any], error_files: Sequence[str], failure_file: str,
                   grace_period: float) -> None:
     """Wait for every worker; on the first failure stop the rest and raise (see the module docstring)."""
@@ -273,14 +286,18 @@ def _join_workers(processes: Sequence[Any], error_files: Sequence[str], failure_
         if not alive or all(_is_stopped(p.pid) for p in alive):
             break  # a stopped process never stops by itself
         multiprocessing.connection.wait([p.sentinel for p in alive], timeout=min(0.5, deadline - time.monotonic()))
+    killed = False
     for index, p in enumerate(processes):
         if p.is_alive():
             state = "stopped (SIGSTOP)" if _is_stopped(p.pid) else "still running"
             logger.warning("worker %d (pid %d) is %s after worker %d failed: killing it and its children",
                            index, p.pid, state, failed)
             _kill_tree(p)
+            killed = True
         else:
             p.join()
+    if killed:
+        _finish_resource_tracker()
 
     failed_process = processes[failed]
     reports: List[str] = []

@@ -489,8 +489,10 @@ class TrainerBase:
     def check_weights(self, when: str) -> None:
         """Raise ``FloatingPointError`` if a trainable weight is NaN/inf or above ``max_weight_abs`` on some rank.
 
-        One fused reduction per device and dtype (the largest |value| of every tensor, NaN-propagating)
-        and one scalar all-reduce for the ranks' agreement.
+        Screen: one fused L2 norm per device and dtype (``torch._foreach_norm``; NaN/inf propagate into
+        it, and max |w| <= ||w||_2, so a finite norm within the bound clears a tensor). Only tensors
+        that fail the screen get their exact largest |value| computed. One host sync, plus one scalar
+        all-reduce in DDP for the ranks' agreement.
         """
         named = getattr(self, "_checked_weights", None)
         if named is None:
@@ -502,23 +504,27 @@ class TrainerBase:
         groups: Dict[tuple, List[int]] = {}
         for i, (_, p) in enumerate(named):
             groups.setdefault((p.device, p.dtype), []).append(i)
-        flags, peaks = [], {}
+        suspects: List[tuple] = []
         with torch.no_grad():
+            screens = []
             for idx in groups.values():
-                peak = torch.stack(torch._foreach_norm([named[i][1].detach() for i in idx], float("inf")))
-                bad = ~torch.isfinite(peak)
+                norm = torch.stack(torch._foreach_norm([named[i][1].detach() for i in idx], 2)).float()
+                flag = ~torch.isfinite(norm)
                 if bound > 0:
-                    bad |= peak > bound
-                flags.append(bad.any().to(flags[0].device) if flags else bad.any())
-                peaks[tuple(idx)] = (peak, bad)
-        local = torch.stack(flags).any() if len(flags) > 1 else flags[0]
-        if not comm.any_rank(local):
+                    flag |= norm > bound
+                screens.append((idx, flag))
+            anything = torch.stack([f.any().cpu() for _, f in screens]).any() if len(screens) > 1 else \
+                screens[0][1].any()
+            first = None
+            if bool(anything):  # rare: exact check of the suspects only
+                for idx, flag in screens:
+                    for j in flag.nonzero().flatten().tolist():
+                        peak = float(torch.linalg.vector_norm(named[idx[j]][1].detach().float(), float("inf")))
+                        if not math.isfinite(peak) or (bound > 0 and peak > bound):
+                            if first is None or idx[j] < first[0]:
+                                first = (idx[j], peak)
+        if not comm.any_rank(first is not None):
             return
-        first = None
-        for idx, (peak, bad) in peaks.items():
-            for j in bad.nonzero().flatten().tolist():
-                if first is None or idx[j] < first[0]:
-                    first = (idx[j], float(peak[j]))
         everyone = comm.all_gather(None if first is None else (named[first[0]][0], first[1]))
         ranks = [r for r, f in enumerate(everyone) if f is not None]
         name, value = everyone[ranks[0]]
