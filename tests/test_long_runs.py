@@ -423,3 +423,39 @@ def test_ddp_ranks_agree_on_stopping_for_bad_records(tmp_path):
         line = [s for s in text.splitlines() if "distinct training records could not be read" in s][0]
         stops.append(line.split("stopping at iteration ")[1].split()[0])
     assert stops[0] == stops[1]  # the same iteration on both ranks
+
+
+@pytest.mark.slow
+def test_torchrun_gets_the_collective_timeout(tmp_path):
+    """Under torchrun, launch(timeout=...) reaches init_process_group: a rank that is late by more fails."""
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, time
+        from partcatseg.engine import comm, launch
+
+        def main(out):
+            r = comm.get_rank()
+            if r == 1:
+                time.sleep(15)
+            t0 = time.monotonic()
+            try:
+                comm.synchronize()
+                result = "synchronized"
+            except comm.CollectiveTimeoutError as exc:
+                result = f"{{time.monotonic() - t0:.1f}} {{exc}}"
+            with open(os.path.join(out, f"rank{{r}}.txt"), "w") as f:
+                f.write(f"{{comm.get_collective_timeout().total_seconds()}}|{{result}}")
+
+        launch(main, 1, args=({str(tmp_path)!r},), timeout=4)
+    """))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    from test_engine import _free_port
+
+    subprocess.run([PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+                    str(script)], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180)
+    timeout, result = (tmp_path / "rank0.txt").read_text().split("|", 1)
+    assert float(timeout) == 4.0
+    waited = float(result.split()[0])
+    assert 3 < waited < 14, result  # gave up after the 4 s timeout, long before rank 1 arrived
+    assert "barrier on rank 0 of 2 waited more than 4 s (--dist-timeout / DIST_TIMEOUT)" in result

@@ -64,9 +64,13 @@ def is_timeout_error(exc: BaseException) -> bool:
     """Whether ``exc`` is a collective that timed out (gloo: "Timed out waiting ...", NCCL watchdog)."""
     if isinstance(exc, CollectiveTimeoutError):
         return True
+    if not isinstance(exc, RuntimeError):
+        return False
     text = str(exc)
-    return isinstance(exc, RuntimeError) and ("Timed out waiting" in text or "timed out" in text.lower()
-                                              or "Application timeout caused pair closure" in text)
+    if "Timed out waiting" in text or "Application timeout caused pair closure" in text:  # gloo
+        return True
+    backend_error = getattr(dist, "DistBackendError", None)  # NCCL's watchdog
+    return backend_error is not None and isinstance(exc, backend_error) and "timeout" in text.lower()
 
 
 def _timeout_text() -> str:

@@ -70,7 +70,8 @@ from torch import nn
 from . import comm
 from .ddp import create_ddp_model, unwrap_model
 from .events import CommonMetricPrinter, EventStorage, EventWriter, JSONWriter, TensorboardWriter
-from .hooks import EvalHook, HookBase, LRScheduler, PeriodicCheckpointer, PeriodicWriter, ProgressState, ProgressWatchdog
+from .hooks import (EvalHook, HookBase, LRScheduler, PeriodicCheckpointer, PeriodicWriter, ProgressState,
+                    ProgressWatchdog)
 from .optim import GradientClipper, build_gradient_clipper, build_lr_scheduler, build_optimizer
 from ..modeling.speed import amp_dtype as amp_dtype_of
 from .rng import capture_rng_state, restore_rng_state
@@ -114,7 +115,8 @@ def default_hooks(cfg: Any, trainer: "TrainerBase", test_function: Optional[Any]
     if watchdog < 0:
         raise ValueError(f"SOLVER.WATCHDOG_SECONDS must be >= 0 (0 = off), got {watchdog}")
     if watchdog > 0:
-        hooks.append(ProgressWatchdog(watchdog, os.path.join(cfg.OUTPUT_DIR, "heartbeats") if cfg.OUTPUT_DIR else None))
+        heartbeats = os.path.join(cfg.OUTPUT_DIR, "heartbeats") if cfg.OUTPUT_DIR else None
+        hooks.append(ProgressWatchdog(watchdog, heartbeats))
     hooks.append(LRScheduler())
     if trainer.checkpointer is not None:
         hooks.append(PeriodicCheckpointer(trainer.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
@@ -504,7 +506,6 @@ class TrainerBase:
         groups: Dict[tuple, List[int]] = {}
         for i, (_, p) in enumerate(named):
             groups.setdefault((p.device, p.dtype), []).append(i)
-        suspects: List[tuple] = []
         with torch.no_grad():
             screens = []
             for idx in groups.values():
@@ -590,7 +591,8 @@ class SimpleTrainer(TrainerBase):
         trainer.cfg = cfg
         trainer.max_weight_abs = float(cfg.SOLVER.MAX_WEIGHT_ABS)
         if trainer.max_weight_abs < 0:
-            raise ValueError(f"SOLVER.MAX_WEIGHT_ABS must be >= 0 (0 = check only finiteness), got {trainer.max_weight_abs}")
+            raise ValueError(f"SOLVER.MAX_WEIGHT_ABS must be >= 0 (0 = check only finiteness), "
+                             f"got {trainer.max_weight_abs}")
         trainer.checkpointer = Checkpointer(unwrap_model(model), cfg.OUTPUT_DIR,
                                             save_to_disk=comm.is_main_process(), trainer=weakref.proxy(trainer))
         trainer.register_hooks(default_hooks(cfg, trainer, test_function))
