@@ -5,6 +5,9 @@
     python train_net.py --config-file configs/zero_shot/partcatseg_voc.yaml --eval-only MODEL.WEIGHTS partcatseg_voc
     python train_net.py --config-file configs/toy/partcatseg_toy.yaml MODEL.DEVICE cpu     # the toy demo
     torchrun --nproc_per_node 4 train_net.py --config-file ...                              # torchrun works too
+
+Exit status: 0 on success and after SIGINT/SIGTERM (a checkpoint was saved); 3 when the progress
+watchdog stopped the job (SOLVER.WATCHDOG_SECONDS; the last line says which rank stalled); 1 otherwise.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ if __package__ in (None, ""):
 from partcatseg.checkpoint import Checkpointer  # noqa: E402
 from partcatseg.config import setup_cfg  # noqa: E402
 from partcatseg.engine import Trainer, default_argument_parser, default_setup, launch  # noqa: E402
+from partcatseg.engine.launch import WorkerStalledError, as_timeout  # noqa: E402
 from partcatseg.engine.ddp import unwrap_model  # noqa: E402
 from partcatseg.engine.rng import seed_all_rng  # noqa: E402
 from partcatseg.engine.runner import evaluate, train_loader_from_config  # noqa: E402
@@ -69,12 +73,23 @@ def main(args):
 def cli(argv=None):
     parser = default_argument_parser()
     parser.add_argument("--skip-bad-records", action="store_true",
-                        help="evaluation skips unreadable/corrupt records (reported by name) instead of stopping")
+                        help="skip unreadable/corrupt records instead of stopping, in evaluation (reported by name, "
+                             "TEST.SKIP_BAD_RECORDS) and in training (replaced by a deterministic draw, listed in "
+                             "OUTPUT_DIR/skipped_train_records.json, at most DATALOADER.MAX_BAD_RECORDS)")
     args = parser.parse_args(argv)
     if args.skip_bad_records:
-        args.opts = list(args.opts) + ["TEST.SKIP_BAD_RECORDS", "True"]
-    return launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-                  dist_url=args.dist_url, args=(args,))
+        args.opts = list(args.opts) + ["TEST.SKIP_BAD_RECORDS", "True", "DATALOADER.SKIP_BAD_RECORDS", "True"]
+    if args.dist_timeout is not None:
+        as_timeout(args.dist_timeout, "--dist-timeout")
+        args.opts = list(args.opts) + ["DIST_TIMEOUT", str(float(args.dist_timeout))]
+    # the collective timeout is needed before any process group exists: read it from the config here
+    timeout = as_timeout(setup_cfg(args.config_file, args.opts).DIST_TIMEOUT, "DIST_TIMEOUT")
+    try:
+        return launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+                      dist_url=args.dist_url, args=(args,), timeout=timeout)
+    except WorkerStalledError as exc:
+        print(exc, file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -134,10 +136,19 @@ def test_eval_only_prints_paper_tables_and_writes_files(toy_root, tmp_path):
 
 @pytest.mark.slow
 def test_nan_loss_stops_with_iteration_and_keeps_last_checkpoint(toy_root, tmp_path):
+    opts = ["SOLVER.MAX_ITER", "20", "SOLVER.CHECKPOINT_PERIOD", "1", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR",
+            "1e30", "SOLVER.CLIP_GRADIENTS.ENABLED", "False", "DATASETS.TEST", "()"]
+    # default: the first step makes weights of ~1e30; they are refused before anything is saved
+    out = tmp_path / "bounded"
+    proc = run_train_net(toy_root, out, *opts, check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert ("FloatingPointError: weights became larger than SOLVER.MAX_WEIGHT_ABS=1e+08 after the optimizer step of "
+            "iteration 0") in text and "first bad parameter '" in text
+    assert not list(out.glob("*.pth")) and not (out / "last_checkpoint").exists()
+    # finiteness only (SOLVER.MAX_WEIGHT_ABS 0): the NaN loss of the next iteration stops it, before its step
     out = tmp_path / "nan"
-    proc = run_train_net(toy_root, out, "SOLVER.MAX_ITER", "20", "SOLVER.CHECKPOINT_PERIOD", "1",
-                         "SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "1e30", "SOLVER.CLIP_GRADIENTS.ENABLED", "False",
-                         "DATASETS.TEST", "()", check=False)
+    proc = run_train_net(toy_root, out, *opts, "SOLVER.MAX_WEIGHT_ABS", "0", check=False)
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "FloatingPointError" in text and "iteration" in text
@@ -164,3 +175,138 @@ def test_truncated_image_fails_by_name_or_is_skipped_and_reported(tmp_path):
     assert bad and all(r["file_name"].endswith(victim.name) for r in bad)
     assert f"{len(listed)} record(s) were not evaluated" in lenient.stdout + lenient.stderr
     assert read_results(tmp_path / "lenient")["num_records"] > 0
+
+
+def _train_net_cmd(out_dir, *args):
+    return [sys.executable, str(REPO / "train_net.py"), "--config-file", TOY_CFG, *args, "MODEL.DEVICE", "cpu",
+            "OUTPUT_DIR", str(out_dir), "MODEL.TEXT_CACHE_DIR", str(out_dir / "text")]
+
+
+def _children(pid: int) -> list:
+    kids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                stat = open(f"/proc/{name}/stat").read()
+            except OSError:
+                continue
+            if int(stat[stat.rfind(")") + 2:].split()[1]) == pid:
+                kids.append(int(name))
+    return kids
+
+
+def _running(pid: int) -> bool:
+    """Exists and is not a zombie (a killed child of a dead parent may wait for its reaper)."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2:][:1] != "Z"
+
+
+def _sigstop_rank1_and_wait(toy_root, out, *args, timeout=600):
+    """Start a 2-process job, SIGSTOP rank 1 after iteration 3, return (proc, stderr, seconds, rank-1 pids)."""
+    env = dict(os.environ, DETECTRON2_DATASETS=str(toy_root), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(_train_net_cmd(out, "--num-gpus", "2", *args), env=env, cwd=str(REPO),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stopped = []
+    try:
+        deadline = time.time() + timeout
+        beat = out / "heartbeats" / "rank1.json"
+        while True:
+            assert proc.poll() is None, f"the job ended early:\n{proc.stderr.read()[-4000:]}"
+            assert time.time() < deadline, "the job never reached iteration 3"
+            try:
+                hb = json.loads(beat.read_text())
+                if hb["last_completed"] >= 3:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
+        pids = [hb["pid"], *_children(hb["pid"])]  # rank 1 and its data-loader worker
+        os.kill(hb["pid"], signal.SIGSTOP)
+        stopped.append(hb["pid"])
+        t0 = time.monotonic()
+        stderr = proc.communicate(timeout=300)[1]
+        return proc, stderr, time.monotonic() - t0, pids
+    finally:
+        if proc.poll() is None:
+            for pid in stopped:
+                os.kill(pid, signal.SIGCONT)
+            proc.kill()
+
+
+@pytest.mark.slow
+def test_stalled_ddp_rank_is_named_and_the_job_exits(toy_root, tmp_path):
+    out = tmp_path / "stall"
+    proc, stderr, seconds, pids = _sigstop_rank1_and_wait(
+        toy_root, out, "SOLVER.MAX_ITER", "100000", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.IMS_PER_BATCH", "2",
+        "DATASETS.TEST", "()", "SOLVER.WATCHDOG_SECONDS", "10", "DATALOADER.NUM_WORKERS", "1")
+    assert proc.returncode == 3, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("rank 1 made no progress for ") and "; stopping all ranks; last checkpoint: " in last, last
+    assert seconds < 60, seconds
+    ckpt = last.split("last checkpoint: ")[1]
+    assert torch.load(ckpt, weights_only=True)["iteration"] >= 1  # written before the stall: valid
+    assert len(pids) == 2 and not any(_running(pid) for pid in pids), pids  # nothing of rank 1 left running
+    rank0 = json.loads((out / "heartbeats" / "rank0.json").read_text())["pid"]
+    assert not _running(rank0)
+
+
+@pytest.mark.slow
+def test_dist_timeout_ends_a_job_with_a_stopped_rank(toy_root, tmp_path):
+    out = tmp_path / "timeout"
+    # every collective waits at most 20 s (long enough for the ranks' start-up skew and checkpoint writes here);
+    # the watchdog would only act after a day, its heartbeats tell the test rank 1's pid
+    proc, stderr, seconds, pids = _sigstop_rank1_and_wait(
+        toy_root, out, "--dist-timeout", "20", "SOLVER.MAX_ITER", "100000", "SOLVER.CHECKPOINT_PERIOD", "2",
+        "SOLVER.IMS_PER_BATCH", "2", "DATASETS.TEST", "()", "SOLVER.WATCHDOG_SECONDS", "86400")
+    assert proc.returncode == 1, stderr[-3000:]
+    assert "CollectiveTimeoutError" in stderr and "timeout (20 s, --dist-timeout / DIST_TIMEOUT)" in stderr
+    assert 15 < seconds < 60, seconds
+    assert not any(_running(pid) for pid in pids)
+    assert (out / "config.yaml").read_text().count("DIST_TIMEOUT: 20.0") == 1  # the flag reached the config
+
+
+@pytest.mark.slow
+def test_bad_training_image_stops_by_name_or_is_skipped_and_resume_stays_exact(tmp_path):
+    from partcatseg.data.datasets import make_toy_dataset
+
+    root = tmp_path / "datasets"
+    make_toy_dataset(str(root / "ToyPart"), seed=3, num_train=6, num_val=2)
+    victim = sorted((root / "ToyPart" / "images" / "train").glob("*.jpg"))[2]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 3])  # a half-copied file
+    opts = ["SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "3", "SOLVER.IMS_PER_BATCH", "2", "DATASETS.TEST", "()"]
+
+    strict = run_train_net(root, tmp_path / "strict", *opts, check=False)
+    assert strict.returncode != 0
+    assert victim.name in strict.stderr and "--skip-bad-records" in strict.stderr, strict.stderr[-3000:]
+
+    straight = tmp_path / "straight"
+    proc = run_train_net(root, straight, "--skip-bad-records", *opts)
+    listed = json.loads((straight / "skipped_train_records.json").read_text())
+    # 6 iterations x 2 images over 6 records: two epochs, the broken image is met in both
+    assert len(listed) >= 2 and all(e["file_name"].endswith(victim.name) for e in listed)
+    assert all("cannot decode image" in e["reason"] for e in listed)
+    assert f"Skipped training record {listed[0]['file_name']}" in proc.stdout
+    assert {e["iteration"] for e in listed} & {0, 1, 2} and {e["iteration"] for e in listed} & {3, 4, 5}
+
+    # the same job "died" after the iteration-2 checkpoint, then resumed
+    resumed = tmp_path / "resumed"
+    run_train_net(root, resumed, "--skip-bad-records", *opts)
+    for name in ("model_0000005.pth", "model_final.pth"):
+        (resumed / name).unlink(missing_ok=True)
+    (resumed / "last_checkpoint").write_text("model_0000002.pth")
+    run_train_net(root, resumed, "--resume", "--skip-bad-records", *opts)
+    assert json.loads((resumed / "skipped_train_records.json").read_text()) == listed
+    a = torch.load(straight / "model_final.pth", weights_only=True)["model"]
+    b = torch.load(resumed / "model_final.pth", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # more bad records than allowed: a clear stop
+    capped = run_train_net(root, tmp_path / "capped", "--skip-bad-records", *opts, "DATALOADER.MAX_BAD_RECORDS", "0",
+                           check=False)
+    assert capped.returncode != 0
+    assert "TooManyBadRecordsError: 1 distinct training records could not be read, more than " \
+           "DATALOADER.MAX_BAD_RECORDS=0" in capped.stderr

@@ -494,6 +494,22 @@ def add_framework_config(cfg: CfgNode) -> None:
     cfg.MODEL.TINY_DINO.EMBED_DIM = 48
     cfg.MODEL.TINY_DINO.DEPTH = 2
     cfg.MODEL.TINY_DINO.NUM_HEADS = 2
+    # --- long runs (README "When things go wrong")
+    # Seconds a DDP collective may wait for the other ranks before it raises (init_process_group's
+    # timeout, for --num-gpus N and torchrun); train_net.py --dist-timeout overrides it.
+    cfg.DIST_TIMEOUT = 1800.0
+    # Progress watchdog: stop every rank, naming the stalled one, when an iteration makes no progress
+    # for this many seconds (0 = off). The first iteration after a (re)start is allowed at least 600 s;
+    # checkpoint writing and evaluation are not timed.
+    cfg.SOLVER.WATCHDOG_SECONDS = 600.0
+    # After every optimizer step and before every save, trainable weights must be finite and at most
+    # this large in absolute value (0 = check only finiteness).
+    cfg.SOLVER.MAX_WEIGHT_ABS = 1.0e8
+    # Training: replace (deterministically) and report records whose image/label cannot be read,
+    # listed in OUTPUT_DIR/skipped_train_records.json, instead of stopping (--skip-bad-records).
+    cfg.DATALOADER.SKIP_BAD_RECORDS = False
+    # With SKIP_BAD_RECORDS: stop when more distinct training records than this were skipped (-1 = no limit).
+    cfg.DATALOADER.MAX_BAD_RECORDS = 10
 
 
 # --------------------------------------------------------------------------- public entry point

@@ -17,6 +17,11 @@ Training (detectron2 ``TrainingSampler`` + ``MapDataset`` + trivial collation):
   replacement is mapped with its own per-attempt RNG, retried up to ``max_fallback_attempts`` times.
   (Official: ``MapDataset`` draws replacements with ``random.Random(42)`` per worker copy and removes
   failed indices from the pool, so its choices depend on worker scheduling.)
+* A record whose mapper raises ``BadRecordError`` (unreadable / truncated image, bad label) stops
+  training with that error, naming the file (default). With ``skip_bad_records`` it is replaced like
+  a ``None`` record (same deterministic draw, so a resumed run stays bit-identical) and reported:
+  :meth:`TrainLoader.pop_skipped` hands the reports to the trainer, which logs, records and limits
+  them (``max_bad_records``).
 * Aspect-ratio grouping is not implemented: with the official 1 image per GPU it has no effect, and
   training images are all padded to the same square size anyway.
 
@@ -32,7 +37,7 @@ import logging
 import pickle
 import random
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -54,6 +59,7 @@ __all__ = [
     "TrainLoader",
     "TestLoader",
     "SkippedRecord",
+    "SkippedTrainRecord",
 ]
 
 logger = logging.getLogger(__name__)
@@ -148,12 +154,40 @@ class TrainingStream:
         return int(self.permutation(epoch)[offset])
 
 
+@dataclass
+class SkippedTrainRecord:
+    """A training record that raised ``BadRecordError`` and was replaced (``skip_bad_records``)."""
+
+    file_name: str
+    reason: str
+    index: int      # in the dataset
+    position: int   # in the global sample stream
+    attempt: int    # 0 = the record the stream named; > 0 = a replacement that was bad too
+
+    def to_dict(self) -> dict:
+        return {"file_name": self.file_name, "reason": self.reason, "index": self.index, "position": self.position,
+                "attempt": self.attempt}
+
+
+class _WithSkips:
+    """A mapped sample plus the bad records replaced to get it (passed from loader workers)."""
+
+    def __init__(self, sample: dict, skipped: list) -> None:
+        self.sample, self.skipped = sample, skipped
+
+
+_SKIP_HINT = ("train with --skip-bad-records (DATALOADER.SKIP_BAD_RECORDS True) to replace such records and list them "
+              "in OUTPUT_DIR/skipped_train_records.json")
+
+
 class _TrainDataset(Dataset):
     """Map-style view of the stream: item ``p`` = the mapped sample at global position ``p``."""
 
-    def __init__(self, records: SerializedRecords, mapper: Mapper, stream: TrainingStream, max_attempts: int):
+    def __init__(self, records: SerializedRecords, mapper: Mapper, stream: TrainingStream, max_attempts: int,
+                 skip_bad: bool = False):
         self.records, self.mapper, self.stream = records, mapper, stream
         self.max_attempts = max_attempts
+        self.skip_bad = skip_bad
 
     def __len__(self) -> int:  # positions are unbounded; DataLoader only needs this for samplers
         return 2**62
@@ -162,10 +196,22 @@ class _TrainDataset(Dataset):
         seed = self.stream.seed
         index = self.stream.index(position)
         tried: list[int] = []
+        skipped: list[SkippedTrainRecord] = []
         for attempt in range(self.max_attempts):
-            out = self.mapper(self.records[index], AugRandom.from_seed(seed, position, attempt))
+            record = self.records[index]
+            try:
+                out = self.mapper(record, AugRandom.from_seed(seed, position, attempt))
+            except BadRecordError as e:
+                if not self.skip_bad:
+                    where = f"training record #{index}, stream position {position}; {_SKIP_HINT}"
+                    if e.file_name is not None:
+                        raise BadRecordError(e.file_name, f"{e.reason} ({where})") from e
+                    raise BadRecordError(f"{e} ({where})") from e
+                skipped.append(SkippedTrainRecord(e.file_name or _file_of(record), e.reason, index, position, attempt))
+                logger.debug("training record %s is bad (%s): drawing a replacement", _file_of(record), e.reason)
+                out = None
             if out is not None:
-                return out
+                return _WithSkips(out, skipped) if skipped else out
             tried.append(index)
             if attempt == 2:
                 logger.warning(
@@ -199,11 +245,19 @@ class _RankBatchSampler(Sampler):
 
 @dataclass
 class TrainLoader:
-    """Infinite iterable of per-rank batches (list of mapped dicts) starting at ``start_iter``."""
+    """Infinite iterable of per-rank batches (list of mapped dicts) starting at ``start_iter``.
+
+    ``skip_bad_records``: records raising ``BadRecordError`` are replaced; the reports of the batches
+    handed out so far are collected until :meth:`pop_skipped`. ``max_bad_records`` (-1 = no limit) is
+    enforced by the trainer, which sees every rank's reports.
+    """
 
     loader: DataLoader
     stream: TrainingStream
     batch_sampler: _RankBatchSampler
+    skip_bad_records: bool = False
+    max_bad_records: int = -1
+    _skipped: list = field(default_factory=list, repr=False)
 
     @property
     def start_iter(self) -> int:
@@ -218,8 +272,22 @@ class TrainLoader:
         """Dataset indices this rank draws at ``iteration`` (before any None replacement)."""
         return [self.stream.index(p) for p in self.batch_sampler.positions(iteration)]
 
+    def pop_skipped(self) -> list[dict]:
+        """Reports (``SkippedTrainRecord.to_dict()``) of the bad records replaced since the last call."""
+        out, self._skipped = [s.to_dict() for s in self._skipped], []
+        return out
+
     def __iter__(self) -> Iterator[list[dict]]:
-        return iter(self.loader)
+        for batch in self.loader:
+            if any(isinstance(item, _WithSkips) for item in batch):
+                unwrapped = []
+                for item in batch:
+                    if isinstance(item, _WithSkips):
+                        self._skipped.extend(item.skipped)
+                        item = item.sample
+                    unwrapped.append(item)
+                batch = unwrapped
+            yield batch
 
 
 def build_train_loader(
@@ -235,12 +303,16 @@ def build_train_loader(
     shuffle: bool = True,
     max_fallback_attempts: int = 100,
     serialize: bool = True,
+    skip_bad_records: bool = False,
+    max_bad_records: int = -1,
 ) -> TrainLoader:
     """Deterministic, resumable training loader (detectron2 ``TrainingSampler`` semantics).
 
     ``total_batch_size`` is the global batch (``SOLVER.IMS_PER_BATCH``), split evenly across ranks.
     ``mapper(record, rng)`` must accept the per-sample ``AugRandom``. Iteration ``k`` of the returned
-    loader is the same for any ``num_workers`` and for any ``start_iter <= k``.
+    loader is the same for any ``num_workers`` and for any ``start_iter <= k``. ``skip_bad_records``
+    replaces records raising ``BadRecordError`` (see the module docstring); ``max_bad_records`` is
+    handed to the trainer (``DATALOADER.MAX_BAD_RECORDS``).
     """
     rank, world_size = dist_rank_world(rank, world_size)
     if total_batch_size <= 0 or total_batch_size % world_size:
@@ -255,7 +327,7 @@ def build_train_loader(
     stream = TrainingStream(len(records), seed, shuffle=shuffle)
     batch_sampler = _RankBatchSampler(rank, world_size, total_batch_size // world_size, start_iter)
     loader = DataLoader(
-        _TrainDataset(records, mapper, stream, max_fallback_attempts),  # type: ignore[arg-type]
+        _TrainDataset(records, mapper, stream, max_fallback_attempts, skip_bad_records),  # type: ignore[arg-type]
         batch_sampler=batch_sampler,
         num_workers=num_workers,
         collate_fn=trivial_batch_collator,
@@ -265,7 +337,8 @@ def build_train_loader(
         "Train loader: %d records, %d image(s)/rank/iter (rank %d of %d), seed %d, starting at iteration %d",
         len(records), batch_sampler.batch_size, rank, world_size, seed, start_iter,
     )
-    return TrainLoader(loader, stream, batch_sampler)
+    return TrainLoader(loader, stream, batch_sampler, skip_bad_records=bool(skip_bad_records),
+                       max_bad_records=int(max_bad_records))
 
 
 # ----------------------------------------------------------------------------------------------

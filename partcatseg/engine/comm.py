@@ -6,19 +6,27 @@ need to branch on "am I distributed?".
 
 Object collectives (``all_gather``, ``gather``) run on a gloo group even when training uses NCCL,
 as detectron2 does: pickled Python objects live on the CPU, and this keeps them off GPU memory.
+That group gets the job's collective timeout (``--dist-timeout``); a collective of this module that
+times out raises :class:`CollectiveTimeoutError`, which says so in plain words.
 """
 from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Dict, List, Optional
+from datetime import timedelta
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 __all__ = [
+    "CollectiveTimeoutError",
     "all_gather",
+    "any_rank",
+    "get_collective_timeout",
+    "is_timeout_error",
+    "set_collective_timeout",
     "gather",
     "get_local_rank",
     "set_local_rank",
@@ -34,6 +42,52 @@ __all__ = [
 
 # Set by launch() for spawned workers (and for torchrun from its environment variables).
 _LOCAL_RANK: Optional[int] = None
+# The timeout the process group was created with (set by launch(); None = torch's default).
+_TIMEOUT: Optional[timedelta] = None
+
+
+class CollectiveTimeoutError(RuntimeError):
+    """A collective waited longer than the collective timeout for another rank."""
+
+
+def set_collective_timeout(timeout: Optional[timedelta]) -> None:
+    """Record the process group's timeout (called by :func:`~partcatseg.engine.launch.launch`)."""
+    global _TIMEOUT
+    _TIMEOUT = timeout
+
+
+def get_collective_timeout() -> Optional[timedelta]:
+    return _TIMEOUT
+
+
+def is_timeout_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective that timed out (gloo: "Timed out waiting ...", NCCL watchdog)."""
+    if isinstance(exc, CollectiveTimeoutError):
+        return True
+    if not isinstance(exc, RuntimeError):
+        return False
+    text = str(exc)
+    if "Timed out waiting" in text or "Application timeout caused pair closure" in text:  # gloo
+        return True
+    backend_error = getattr(dist, "DistBackendError", None)  # NCCL's watchdog
+    return backend_error is not None and isinstance(exc, backend_error) and "timeout" in text.lower()
+
+
+def _timeout_text() -> str:
+    return f"{_TIMEOUT.total_seconds():g} s" if _TIMEOUT is not None else "the default timeout"
+
+
+def _collective(name: str, fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except RuntimeError as exc:
+        if not is_timeout_error(exc) or isinstance(exc, CollectiveTimeoutError):
+            raise
+        raise CollectiveTimeoutError(
+            f"{name} on rank {get_rank()} of {get_world_size()} waited more than {_timeout_text()} (--dist-timeout / "
+            f"DIST_TIMEOUT) for the other ranks: a rank stopped responding (frozen, dead or stuck; its "
+            f"OUTPUT_DIR/heartbeats file and log.txt.rank<N> show where it was). Original error: {exc}"
+        ) from exc
 
 
 def is_dist_initialized() -> bool:
@@ -55,8 +109,9 @@ def set_local_rank(local_rank: int) -> None:
 
 
 def reset_local_rank() -> None:
-    global _LOCAL_RANK
+    global _LOCAL_RANK, _TIMEOUT
     _LOCAL_RANK = None
+    _TIMEOUT = None
     _object_group.cache_clear()
 
 
@@ -89,16 +144,16 @@ def synchronize() -> None:
     if get_world_size() == 1:
         return
     if _uses_nccl():
-        dist.barrier(device_ids=[torch.cuda.current_device()])
+        _collective("barrier", lambda: dist.barrier(device_ids=[torch.cuda.current_device()]))
     else:
-        dist.barrier()
+        _collective("barrier", dist.barrier)
 
 
 @functools.lru_cache(maxsize=None)
 def _object_group() -> Any:
     """A gloo group for pickled-object collectives (created once, collectively, on first use)."""
     if _uses_nccl():
-        return dist.new_group(backend="gloo")
+        return dist.new_group(backend="gloo", **({"timeout": _TIMEOUT} if _TIMEOUT is not None else {}))
     return dist.group.WORLD
 
 
@@ -108,7 +163,7 @@ def all_gather(obj: Any) -> List[Any]:
     if world == 1:
         return [obj]
     out: List[Any] = [None] * world
-    dist.all_gather_object(out, obj, group=_object_group())
+    _collective("all_gather", lambda: dist.all_gather_object(out, obj, group=_object_group()))
     return out
 
 
@@ -119,9 +174,9 @@ def gather(obj: Any, dst: int = 0) -> List[Any]:
         return [obj]
     if get_rank() == dst:
         out: List[Any] = [None] * world
-        dist.gather_object(obj, out, dst=dst, group=_object_group())
+        _collective("gather", lambda: dist.gather_object(obj, out, dst=dst, group=_object_group()))
         return out
-    dist.gather_object(obj, None, dst=dst, group=_object_group())
+    _collective("gather", lambda: dist.gather_object(obj, None, dst=dst, group=_object_group()))
     return []
 
 
@@ -140,10 +195,24 @@ def reduce_dict(input_dict: Dict[str, torch.Tensor], average: bool = True) -> Di
             raise ValueError(f"reduce_dict: {name!r} has shape {tuple(input_dict[name].shape)}, expected a scalar")
     device = _tensor_device()
     values = torch.stack([input_dict[k].detach().reshape(()).to(device, torch.float64) for k in names])
-    dist.all_reduce(values)
+    _collective("all_reduce", lambda: dist.all_reduce(values))
     if average:
         values /= world
     return {k: v.to(input_dict[k].dtype) for k, v in zip(names, values)}
+
+
+def any_rank(flag: Any) -> bool:
+    """Whether ``flag`` (a bool or a 0-dim bool/number tensor, on any device) is true on some rank.
+
+    One scalar all-reduce; a tensor flag is reduced where it lives (no host sync before the reduce).
+    """
+    if get_world_size() == 1:
+        return bool(flag.item()) if isinstance(flag, torch.Tensor) else bool(flag)
+    device = _tensor_device()
+    value = (flag.detach().reshape(()).to(device, torch.float32) if isinstance(flag, torch.Tensor)
+             else torch.tensor(float(bool(flag)), device=device))
+    _collective("all_reduce", lambda: dist.all_reduce(value, op=dist.ReduceOp.MAX))
+    return bool(value.item() > 0)
 
 
 def shared_random_seed() -> int:

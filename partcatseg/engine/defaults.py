@@ -46,6 +46,9 @@ def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentPa
     parser.add_argument("--dist-url", default="auto",
                         help="rendezvous URL, e.g. tcp://HOST:PORT (same on every machine); "
                              "'auto' = a free local port (single machine only)")
+    parser.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+                        help="how long a DDP collective may wait for the other ranks before the job fails "
+                             "(default: the config's DIST_TIMEOUT, 1800 s); applies to --num-gpus N and torchrun")
     parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
                         help="config overrides at the end of the command as KEY VALUE pairs, "
                              "e.g. SOLVER.BASE_LR 0.0001 OUTPUT_DIR out/")

@@ -13,16 +13,31 @@ Three ways in:
 
 SIGINT/SIGTERM sent to the launching process are forwarded to spawned workers, so the trainer in
 each worker can save a checkpoint and stop cleanly (see :mod:`partcatseg.engine.signals`).
+
+Collective timeout: ``timeout`` (``--dist-timeout`` / ``DIST_TIMEOUT``, default 30 minutes) is given to
+``init_process_group`` for spawned workers and under torchrun, and to the gloo group used for
+object collectives: a collective that waits longer for a stalled rank raises instead of hanging.
+
+When a spawned worker fails, the others get ``grace_period`` seconds to stop by themselves (they
+normally do: DDP failures are agreed on, and the progress watchdog stops every live rank); a
+worker still running after that (frozen by SIGSTOP, or blocked in a collective) is killed with its
+child processes, at once if it is stopped. A worker that stopped the job through
+:func:`report_failure` (the progress watchdog) makes :func:`launch` raise :class:`WorkerStalledError`
+with that worker's one-line message.
 """
 from __future__ import annotations
 
+import json
 import logging
+import multiprocessing.connection
 import os
 import signal
 import socket
+import tempfile
 import threading
+import time
 from datetime import timedelta
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.distributed as dist
@@ -30,11 +45,63 @@ import torch.multiprocessing as mp
 
 from . import comm
 
-__all__ = ["DEFAULT_TIMEOUT", "launch", "torchrun_env"]
+__all__ = ["DEFAULT_TIMEOUT", "STALL_EXIT_CODE", "WorkerStalledError", "as_timeout", "launch", "report_failure",
+           "torchrun_env"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
+#: exit status of a process stopped by the progress watchdog (and of ``train_net.py`` then)
+STALL_EXIT_CODE = 3
+#: seconds the other workers get to stop by themselves after one failed, before they are killed
+DEFAULT_GRACE_PERIOD = 10.0
+_FAILURE_FILE_ENV = "PARTCATSEG_FAILURE_FILE"
+
+
+class WorkerStalledError(RuntimeError):
+    """A worker stopped the job because training made no progress (see :func:`report_failure`)."""
+
+    exit_code = STALL_EXIT_CODE
+
+
+def as_timeout(seconds: Union[None, float, int, timedelta], what: str = "timeout") -> timedelta:
+    """``seconds`` (a positive number or a timedelta; ``None`` = 30 minutes) as a timedelta."""
+    if seconds is None:
+        return DEFAULT_TIMEOUT
+    if isinstance(seconds, timedelta):
+        value = seconds.total_seconds()
+    else:
+        try:
+            value = float(seconds)
+        except (TypeError, ValueError):
+            raise ValueError(f"{what} must be a number of seconds, got {seconds!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{what} must be a positive, finite number of seconds, got {seconds!r}")
+    return timedelta(seconds=value)
+
+
+def report_failure(message: str) -> None:
+    """Record why this process is about to stop the job, for whoever launched it.
+
+    Spawned by :func:`launch`: appended to the launcher's report file (the launcher raises
+    :class:`WorkerStalledError` with it). Under torchrun: written to ``TORCHELASTIC_ERROR_FILE`` in
+    torchelastic's format, so torchrun's failure summary shows it. Never raises.
+    """
+    path = os.environ.get(_FAILURE_FILE_ENV)
+    if path:
+        try:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(message.replace("\n", " ") + "\n")
+        except OSError:
+            pass
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file and not os.path.exists(error_file):
+        try:
+            with open(error_file, "w", encoding="utf-8") as f:
+                json.dump({"message": {"message": message, "extraInfo": {
+                    "py_callstack": message, "timestamp": str(int(time.time()))}}}, f)
+        except OSError:
+            pass
 
 
 class TorchrunEnv(NamedTuple):
@@ -72,6 +139,7 @@ def _default_backend() -> str:
 
 def _init_group(backend: str, init_method: str, world_size: int, rank: int, local_rank: int,
                 local_size: int, timeout: timedelta) -> None:
+    comm.set_collective_timeout(timeout)
     if backend == "nccl":
         if local_rank >= torch.cuda.device_count():
             raise RuntimeError(
@@ -96,8 +164,10 @@ def _teardown() -> None:
 
 def _distributed_worker(local_rank: int, main_func: Callable[..., Any], world_size: int, num_gpus_per_machine: int,
                         machine_rank: int, dist_url: str, args: Sequence[Any], timeout: timedelta,
-                        backend: str) -> None:
+                        backend: str, failure_file: str = "") -> None:
     rank = machine_rank * num_gpus_per_machine + local_rank
+    if failure_file:
+        os.environ[_FAILURE_FILE_ENV] = failure_file
     _init_group(backend, dist_url, world_size, rank, local_rank, num_gpus_per_machine, timeout)
     try:
         main_func(*args)
@@ -133,6 +203,134 @@ class _ForwardSignals:
             signal.signal(sig, handler)
 
 
+def _is_stopped(pid: int) -> bool:
+    """Whether ``pid`` is stopped (SIGSTOP/SIGTSTP/traced); False where /proc is unavailable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode("ascii", "replace")
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2:][:1] in ("T", "t")
+
+
+def _descendants(pid: int) -> List[int]:
+    """Process ids of ``pid``'s children, grandchildren, ... (Linux /proc; empty elsewhere)."""
+    parents: dict = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read().decode("ascii", "replace")
+            ppid = int(stat[stat.rfind(")") + 2:].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        parents.setdefault(ppid, []).append(int(name))
+    out, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _kill_tree(process: Any) -> None:
+    """SIGKILL a worker and whatever it started (data-loader workers), so nothing is left running."""
+    children = _descendants(process.pid)
+    try:
+        os.kill(process.pid, signal.SIGKILL)  # also ends a stopped process
+    except ProcessLookupError:
+        pass
+    for child in children:
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.join()
+
+
+def _finish_resource_tracker() -> None:
+    """Let multiprocessing's resource tracker clean up after killed workers now (it warns about their
+    semaphores), so that its warning comes before the launcher's error message, not after it."""
+    try:
+        from multiprocessing import resource_tracker
+
+        stop = getattr(resource_tracker._resource_tracker, "_stop", None)
+        if stop is not None:
+            stop()  # a later spawn starts a new tracker
+    except Exception:  # noqa: BLE001 - cosmetic only
+        pass
+
+
+def _join_workers(processes: Sequence[Any], error_files: Sequence[str], failure_file: str,
+                  grace_period: float) -> None:
+    """Wait for every worker; on the first failure stop the rest and raise (see the module docstring)."""
+    sentinels = {p.sentinel: i for i, p in enumerate(processes)}
+    failed: Optional[int] = None
+    while sentinels and failed is None:
+        for sentinel in multiprocessing.connection.wait(list(sentinels)):
+            index = sentinels.pop(sentinel)
+            processes[index].join()
+            if processes[index].exitcode != 0:
+                failed = index
+                break
+    if failed is None:
+        return
+    deadline = time.monotonic() + grace_period
+    while time.monotonic() < deadline:
+        alive = [p for p in processes if p.is_alive()]
+        if not alive or all(_is_stopped(p.pid) for p in alive):
+            break  # a stopped process never stops by itself
+        multiprocessing.connection.wait([p.sentinel for p in alive], timeout=min(0.5, deadline - time.monotonic()))
+    killed = False
+    for index, p in enumerate(processes):
+        if p.is_alive():
+            state = "stopped (SIGSTOP)" if _is_stopped(p.pid) else "still running"
+            logger.warning("worker %d (pid %d) is %s after worker %d failed: killing it and its children",
+                           index, p.pid, state, failed)
+            _kill_tree(p)
+            killed = True
+        else:
+            p.join()
+    if killed:
+        _finish_resource_tracker()
+
+    failed_process = processes[failed]
+    reports: List[str] = []
+    if failure_file:
+        try:
+            with open(failure_file, encoding="utf-8") as f:
+                reports = [line.strip() for line in f if line.strip()]
+        except OSError:
+            pass
+    if reports:
+        raise WorkerStalledError(reports[0])
+    from torch.multiprocessing.spawn import ProcessExitedException, ProcessRaisedException
+
+    error_file = error_files[failed] if failed < len(error_files) else ""
+    if error_file and os.access(error_file, os.R_OK) and os.path.getsize(error_file) > 0:
+        import pickle
+
+        with open(error_file, "rb") as fh:
+            original_trace = pickle.load(fh)
+        msg = f"\n\n-- Process {failed:d} terminated with the following error:\n{original_trace}"
+        raise ProcessRaisedException(msg, failed, failed_process.pid)
+    exitcode = failed_process.exitcode
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"<Unknown signal {-exitcode}>"
+        raise ProcessExitedException(f"process {failed:d} terminated with signal {name}", error_index=failed,
+                                     error_pid=failed_process.pid, exit_code=exitcode, signal_name=name)
+    raise ProcessExitedException(f"process {failed:d} terminated with exit code {exitcode:d}", error_index=failed,
+                                 error_pid=failed_process.pid, exit_code=exitcode)
+
+
 def launch(
     main_func: Callable[..., Any],
     num_gpus_per_machine: int,
@@ -140,8 +338,9 @@ def launch(
     machine_rank: int = 0,
     dist_url: Optional[str] = "auto",
     args: Sequence[Any] = (),
-    timeout: timedelta = DEFAULT_TIMEOUT,
+    timeout: Union[timedelta, float, None] = DEFAULT_TIMEOUT,
     backend: Optional[str] = None,
+    grace_period: float = DEFAULT_GRACE_PERIOD,
 ) -> Any:
     """Run ``main_func(*args)`` on every process of the job.
 
@@ -152,12 +351,18 @@ def launch(
         num_machines, machine_rank: multi-machine jobs (each machine runs ``launch`` itself).
         dist_url: rendezvous URL, e.g. ``tcp://host:port``; ``"auto"`` = a free local port
             (single machine only).
+        timeout: how long a collective may wait for the other ranks (a timedelta or seconds;
+            ``None`` = 30 minutes), for spawned workers and under torchrun.
         backend: ``None`` = NCCL if CUDA is available else gloo; or "gloo"/"nccl" explicitly.
+        grace_period: seconds the other spawned workers get to stop by themselves after one failed.
 
     Returns:
         ``main_func``'s return value when it runs in this process (world size 1, or torchrun);
-        ``None`` after spawned workers finish. A worker's exception is re-raised here.
+        ``None`` after spawned workers finish. A worker's exception is re-raised here (torch's
+        ``ProcessRaisedException``); a worker stopped by the progress watchdog raises
+        :class:`WorkerStalledError` with its message.
     """
+    timeout = as_timeout(timeout)
     env = torchrun_env()
     if env is not None and env.world_size == 1:
         return main_func(*args)  # torchrun with a single process: nothing to join
@@ -197,14 +402,22 @@ def launch(
     logger.info("spawning %d %s worker(s) (world size %d) with rendezvous %s",
                 num_gpus_per_machine, backend, world_size, dist_url)
 
-    context = mp.spawn(
-        _distributed_worker,
-        nprocs=num_gpus_per_machine,
-        args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, tuple(args), timeout, backend),
-        join=False,
-        daemon=False,
-    )
-    with _ForwardSignals(context.processes):
-        while not context.join():
+    fd, failure_file = tempfile.mkstemp(prefix="partcatseg_failures_", suffix=".txt")
+    os.close(fd)
+    try:
+        context = mp.spawn(
+            _distributed_worker,
+            nprocs=num_gpus_per_machine,
+            args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, tuple(args), timeout, backend,
+                  failure_file),
+            join=False,
+            daemon=False,
+        )
+        with _ForwardSignals(context.processes):
+            _join_workers(context.processes, getattr(context, "error_files", []), failure_file, grace_period)
+    finally:
+        try:
+            os.unlink(failure_file)
+        except OSError:
             pass
     return None

@@ -31,13 +31,15 @@ logger = logging.getLogger(__name__)
 
 
 def train_loader_from_config(cfg: Any, start_iter: int = 0):
-    """Training loader over ``DATASETS.TRAIN`` with the configured mapper, seeded by ``SEED``."""
+    """Training loader over ``DATASETS.TRAIN`` with the configured mapper, seeded by ``SEED``; bad records
+    stop training unless ``DATALOADER.SKIP_BAD_RECORDS`` (at most ``DATALOADER.MAX_BAD_RECORDS`` distinct ones)."""
     dicts = [d for name in cfg.DATASETS.TRAIN for d in DatasetCatalog.get(name)]
     mapper = build_mapper(cfg, is_train=True, dataset_name=cfg.DATASETS.TRAIN[0])
     seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
     return build_train_loader(
         dicts, mapper, total_batch_size=cfg.SOLVER.IMS_PER_BATCH, num_workers=cfg.DATALOADER.NUM_WORKERS,
-        seed=seed, start_iter=start_iter,
+        seed=seed, start_iter=start_iter, skip_bad_records=cfg.DATALOADER.SKIP_BAD_RECORDS,
+        max_bad_records=cfg.DATALOADER.MAX_BAD_RECORDS,
     )
 
 

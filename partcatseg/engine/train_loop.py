@@ -13,13 +13,30 @@ One iteration (:meth:`SimpleTrainer.run_step`)::
     grad_norm = clip(gradients)               # SOLVER.CLIP_GRADIENTS
     metrics exchanged across ranks; NaN/inf loss or gradient -> FloatingPointError (no step)
     optimizer.step()
+    weights checked: NaN/inf (or |w| > SOLVER.MAX_WEIGHT_ABS) -> FloatingPointError (nothing saved)
     hooks: lr scheduler step, checkpoint, evaluation, writers
 
 Every entry of the loss dict is logged: keys starting with ``loss`` are summed and optimised, the
 others (``term_*`` diagnostics, accuracies) are logged as they are.
 
 Because the finiteness check happens before ``optimizer.step()`` and on every rank at once, a
-NaN never reaches the weights or a checkpoint.
+NaN loss or gradient never reaches the weights. A step can still overflow the weights (a huge
+learning rate, an optimizer state gone wrong): after every optimizer step one fused reduction
+(``torch._foreach_norm(params, inf)``: the largest |value| of every trainable tensor) checks that
+they are finite and at most ``SOLVER.MAX_WEIGHT_ABS``; the ranks agree on the verdict with one
+scalar all-reduce, and a failure raises ``FloatingPointError`` naming the iteration and the first
+bad parameter before any hook runs. :meth:`TrainerBase.save_checkpoint` checks again before
+writing, so a checkpoint never holds such weights and the last good one stays ``last_checkpoint``.
+
+Bad training records: a loader built with ``skip_bad_records`` (``DATALOADER.SKIP_BAD_RECORDS``)
+replaces an unreadable record by a deterministic draw and reports it; the trainer exchanges the
+reports in the per-step metric exchange, logs one line per record, keeps them in the checkpoint
+and in ``OUTPUT_DIR/skipped_train_records.json``, and stops every rank at the same iteration when
+more distinct records than the loader's ``max_bad_records`` were skipped.
+
+Progress: the trainer records which phase of which iteration it is in (:attr:`TrainerBase.progress`);
+:class:`~partcatseg.engine.hooks.ProgressWatchdog` (``SOLVER.WATCHDOG_SECONDS``) reads it to stop a
+job in which a rank stopped making progress.
 
 Exact resume: a checkpoint holds the model, optimizer, scheduler (LRScheduler hook), GradScaler,
 the iteration, and per rank the python/numpy/torch RNG states and the data-loader position.
@@ -38,9 +55,11 @@ returns. In DDP all ranks agree on the stopping iteration through the per-step m
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
+import threading
 import time
 import weakref
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
@@ -51,13 +70,21 @@ from torch import nn
 from . import comm
 from .ddp import create_ddp_model, unwrap_model
 from .events import CommonMetricPrinter, EventStorage, EventWriter, JSONWriter, TensorboardWriter
-from .hooks import EvalHook, HookBase, LRScheduler, PeriodicCheckpointer, PeriodicWriter
+from .hooks import (EvalHook, HookBase, LRScheduler, PeriodicCheckpointer, PeriodicWriter, ProgressState,
+                    ProgressWatchdog)
 from .optim import GradientClipper, build_gradient_clipper, build_lr_scheduler, build_optimizer
 from ..modeling.speed import amp_dtype as amp_dtype_of
 from .rng import capture_rng_state, restore_rng_state
 from .signals import StopSignals
 
-__all__ = ["TrainerBase", "SimpleTrainer", "AMPTrainer", "Trainer", "default_hooks", "default_writers"]
+__all__ = ["TrainerBase", "SimpleTrainer", "AMPTrainer", "Trainer", "TooManyBadRecordsError", "default_hooks",
+           "default_writers"]
+
+SKIPPED_TRAIN_RECORDS_FILE = "skipped_train_records.json"
+
+
+class TooManyBadRecordsError(RuntimeError):
+    """More distinct training records were unreadable than ``DATALOADER.MAX_BAD_RECORDS`` allows."""
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +108,16 @@ def default_writers(output_dir: str, max_iter: int) -> List[EventWriter]:
 
 def default_hooks(cfg: Any, trainer: "TrainerBase", test_function: Optional[Any] = None,
                   writer_period: int = 20) -> List[HookBase]:
-    """detectron2's DefaultTrainer hooks, in its order (see :mod:`partcatseg.engine.hooks`)."""
-    hooks: List[HookBase] = [LRScheduler()]
+    """detectron2's DefaultTrainer hooks, in its order (see :mod:`partcatseg.engine.hooks`), after the
+    progress watchdog (``SOLVER.WATCHDOG_SECONDS`` > 0; heartbeats in ``OUTPUT_DIR/heartbeats``)."""
+    hooks: List[HookBase] = []
+    watchdog = float(cfg.SOLVER.WATCHDOG_SECONDS)
+    if watchdog < 0:
+        raise ValueError(f"SOLVER.WATCHDOG_SECONDS must be >= 0 (0 = off), got {watchdog}")
+    if watchdog > 0:
+        heartbeats = os.path.join(cfg.OUTPUT_DIR, "heartbeats") if cfg.OUTPUT_DIR else None
+        hooks.append(ProgressWatchdog(watchdog, heartbeats))
+    hooks.append(LRScheduler())
     if trainer.checkpointer is not None:
         hooks.append(PeriodicCheckpointer(trainer.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
     if test_function is not None:
@@ -125,9 +160,20 @@ class TrainerBase:
         self._loaded_trainer_state = False
         self._batches_consumed = 0
         self._data_iter: Any = None
+        self._new_skips: List[Dict[str, Any]] = []
         self._stop_requested: Optional[str] = None
         self._agreed_stop: Optional[str] = None
         self._signals: Optional[StopSignals] = None
+        #: phase of the current iteration, read by the progress watchdog's thread
+        self.progress = ProgressState()
+        #: held while a checkpoint file is written (the watchdog waits for it before stopping the job)
+        self.save_lock = threading.Lock()
+        self._last_checkpoint: Optional[str] = None  # None = not looked up yet; "" = none
+        #: weights are checked to be finite and at most this large in |value| (0 = finiteness only)
+        self.max_weight_abs = 0.0
+        #: training records the loader skipped (this run and, after a resume, the runs before)
+        self.skipped_records: List[Dict[str, Any]] = []
+        self._skipped_keys: set = set()
         self.register_hooks(hooks)
 
     # ------------------------------------------------------------------ hooks
@@ -165,12 +211,23 @@ class TrainerBase:
         checkpointer = checkpointer or self.checkpointer
         if checkpointer is None:
             raise RuntimeError("Trainer.save_checkpoint: no checkpointer (use from_config or set trainer.checkpointer)")
+        self.check_weights(f"before saving {name}.pth (iteration {self.iter})")
         self.snapshot_rank_states()
         try:
-            checkpointer.save(name, iteration=self.iter)
+            with self.save_lock:
+                checkpointer.save(name, iteration=self.iter)
         finally:
             self._rank_states = None
         self.last_saved_iter = self.iter
+        if getattr(checkpointer, "save_dir", ""):
+            self._last_checkpoint = os.path.join(checkpointer.save_dir, f"{name}.pth")
+
+    def last_checkpoint_file(self) -> str:
+        """The newest complete checkpoint of this run's output directory ("" if none); cheap after the first call."""
+        if self._last_checkpoint is None:
+            path = self._last_checkpoint_path()
+            self._last_checkpoint = "" if path == "none" else path
+        return self._last_checkpoint
 
     def state_dict(self) -> Dict[str, Any]:
         state: Dict[str, Any] = {"iteration": self.iter, "optimizer": self.optimizer.state_dict()}
@@ -179,6 +236,8 @@ class TrainerBase:
         if hooks:
             state["hooks"] = hooks
         state["rank_states"] = self._rank_states if self._rank_states is not None else [self._local_rank_state()]
+        if self.skipped_records:
+            state["skipped_records"] = [dict(r) for r in self.skipped_records]
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -192,6 +251,8 @@ class TrainerBase:
             if name in hook_states:
                 h.load_state_dict(hook_states.pop(name))
         self._pending_hook_states = hook_states  # for hooks registered later
+        self.skipped_records = [dict(r) for r in state.get("skipped_records") or []]
+        self._skipped_keys = {self._skip_key(r) for r in self.skipped_records}
         ranks = list(state.get("rank_states") or [])
         world, rank = comm.get_world_size(), comm.get_rank()
         if len(ranks) == world:
@@ -213,6 +274,7 @@ class TrainerBase:
         if weights is None:
             weights = self.cfg.MODEL.WEIGHTS if self.cfg is not None else ""
         self._loaded_trainer_state = False
+        self._last_checkpoint = None
         extra = self.checkpointer.resume_or_load(weights, resume=resume)
         if resume and self.checkpointer.has_checkpoint():
             last = self.iter if self._loaded_trainer_state else int(extra.get("iteration", -1))
@@ -249,12 +311,19 @@ class TrainerBase:
 
     def before_step(self) -> None:
         self.storage.iter = self.iter
+        self._phase("before_step")
         for h in self._hooks:
             h.before_step()
 
     def after_step(self) -> None:
+        self._phase("after_step")
         for h in self._hooks:
             h.after_step()
+        self.progress.completed(self.iter)
+
+    def _phase(self, name: str) -> None:
+        """Record the phase of the current iteration (for the progress watchdog)."""
+        self.progress.enter(name, self.iter)
 
     def _start_data(self) -> None:
         """Restore the loader position (if any), create the iterator, then restore RNG states.
@@ -291,9 +360,11 @@ class TrainerBase:
             self.max_iter = int(max_iter)
         self.iter = self.start_iter = start
         self.interrupted = self._stop_requested = self._agreed_stop = None
+        self.progress.reset(start)
         logger.info("Starting training from iteration %d (max_iter %d)", start, self.max_iter)
         self.model.train()
         self._params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self._checked_weights = self._weights_to_check()
         t_start = time.perf_counter()
         with EventStorage(start) as self.storage, StopSignals() as self._signals:
             try:
@@ -307,11 +378,23 @@ class TrainerBase:
                         break
                 else:
                     self.iter = self.max_iter
-            except Exception:
+            except Exception as exc:
                 logger.exception("Exception during training at iteration %d:", self.iter)
+                if comm.get_world_size() > 1 and comm.is_timeout_error(exc):
+                    # e.g. DDP's gradient all-reduce inside backward(): say what happened in plain words
+                    timeout = comm.get_collective_timeout()
+                    message = (f"a collective operation on rank {comm.get_rank()} waited longer than the collective "
+                               f"timeout ({f'{timeout.total_seconds():g} s' if timeout else 'default'}, --dist-timeout "
+                               f"/ DIST_TIMEOUT) at iteration {self.iter}: another rank stopped responding (see its "
+                               f"log.txt.rank<N> and OUTPUT_DIR/heartbeats). Last checkpoint: "
+                               f"{self._last_checkpoint_path()}.")
+                    logger.error(message)
+                    if not isinstance(exc, comm.CollectiveTimeoutError):
+                        raise comm.CollectiveTimeoutError(f"{message} Original error: {exc}") from exc
                 raise
             finally:
                 try:
+                    self._phase("finishing")
                     self.after_train()
                 finally:
                     self._signals = None
@@ -343,7 +426,114 @@ class TrainerBase:
                 f"{self.iter} of {self.max_iter}); training loaders must be infinite (e.g. a TrainingSampler)"
             ) from None
         self._batches_consumed += 1
+        pop = getattr(self.data_loader, "pop_skipped", None)
+        if callable(pop):
+            for entry in pop():
+                entry = dict(entry)
+                entry.update(rank=comm.get_rank(), iteration=self.iter)
+                self._new_skips.append(entry)
         return batch
+
+    # ------------------------------------------------------------------ bad training records
+    @staticmethod
+    def _skip_key(entry: Mapping[str, Any]) -> tuple:
+        return (entry.get("position"), entry.get("attempt"), entry.get("file_name"))
+
+    def _skipped_records_path(self) -> Optional[str]:
+        out = self.cfg.OUTPUT_DIR if self.cfg is not None else getattr(self.checkpointer, "save_dir", "")
+        return os.path.join(out, SKIPPED_TRAIN_RECORDS_FILE) if out else None
+
+    def _note_skipped_records(self, everyone: Sequence[Mapping[str, Any]]) -> None:
+        """Every rank's skipped records of this iteration: log, keep, write, and stop beyond the maximum.
+
+        All ranks see the same exchanged lists, so they all stop at the same iteration.
+        """
+        new = [e for m in everyone for e in m.get("skipped", ())]
+        if not new:
+            return
+        added = False
+        for entry in new:
+            key = self._skip_key(entry)
+            logger.warning("Skipped training record %s (rank %s, iteration %s, stream position %s): %s; a replacement "
+                           "was drawn", entry.get("file_name"), entry.get("rank"), entry.get("iteration"),
+                           entry.get("position"), entry.get("reason"))
+            if key not in self._skipped_keys:
+                self._skipped_keys.add(key)
+                self.skipped_records.append(dict(entry))
+                added = True
+        path = self._skipped_records_path()
+        if added and path and comm.is_main_process():
+            tmp = f"{path}.tmp{os.getpid()}"
+            try:
+                with open(tmp, "w", encoding="utf-8") as f:
+                    json.dump(self.skipped_records, f, indent=1)
+                os.replace(tmp, path)
+            except OSError as exc:
+                logger.warning("cannot write %s: %s", path, exc)
+        limit = getattr(self.data_loader, "max_bad_records", None)
+        files = {e.get("file_name") for e in self.skipped_records}
+        if limit is not None and limit >= 0 and len(files) > limit:
+            raise TooManyBadRecordsError(
+                f"{len(files)} distinct training records could not be read, more than DATALOADER.MAX_BAD_RECORDS="
+                f"{limit}; stopping at iteration {self.iter} before its optimizer step (the latest: "
+                f"{new[-1].get('file_name')}: {new[-1].get('reason')}). They are listed in "
+                f"{path or SKIPPED_TRAIN_RECORDS_FILE}; fix or remove them, or raise the maximum. "
+                f"Last checkpoint: {self._last_checkpoint_path()}."
+            )
+
+    # ------------------------------------------------------------------ weights check
+    def _weights_to_check(self) -> List[tuple]:
+        """(name, tensor) of the floating-point parameters the optimizer updates, in the model's order."""
+        names = {id(p): n for n, p in unwrap_model(self.model).named_parameters()}
+        return [(names.get(id(p), f"<optimizer parameter {i}>"), p) for i, p in enumerate(self._params)
+                if p.is_floating_point()]
+
+    def check_weights(self, when: str) -> None:
+        """Raise ``FloatingPointError`` if a trainable weight is NaN/inf or above ``max_weight_abs`` on some rank.
+
+        Screen: one fused L2 norm per device and dtype (``torch._foreach_norm``; NaN/inf propagate into
+        it, and max |w| <= ||w||_2, so a finite norm within the bound clears a tensor). Only tensors
+        that fail the screen get their exact largest |value| computed. One host sync, plus one scalar
+        all-reduce in DDP for the ranks' agreement.
+        """
+        named = getattr(self, "_checked_weights", None)
+        if named is None:
+            self._params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            named = self._checked_weights = self._weights_to_check()
+        if not named:
+            return
+        bound = float(self.max_weight_abs or 0.0)
+        groups: Dict[tuple, List[int]] = {}
+        for i, (_, p) in enumerate(named):
+            groups.setdefault((p.device, p.dtype), []).append(i)
+        with torch.no_grad():
+            screens = []
+            for idx in groups.values():
+                norm = torch.stack(torch._foreach_norm([named[i][1].detach() for i in idx], 2)).float()
+                flag = ~torch.isfinite(norm)
+                if bound > 0:
+                    flag |= norm > bound
+                screens.append((idx, flag))
+            anything = torch.stack([f.any().cpu() for _, f in screens]).any() if len(screens) > 1 else \
+                screens[0][1].any()
+            first = None
+            if bool(anything):  # rare: exact check of the suspects only
+                for idx, flag in screens:
+                    for j in flag.nonzero().flatten().tolist():
+                        peak = float(torch.linalg.vector_norm(named[idx[j]][1].detach().float(), float("inf")))
+                        if not math.isfinite(peak) or (bound > 0 and peak > bound):
+                            if first is None or idx[j] < first[0]:
+                                first = (idx[j], peak)
+        if not comm.any_rank(first is not None):
+            return
+        everyone = comm.all_gather(None if first is None else (named[first[0]][0], first[1]))
+        ranks = [r for r, f in enumerate(everyone) if f is not None]
+        name, value = everyone[ranks[0]]
+        kind = "NaN or infinite" if not math.isfinite(value) else f"larger than SOLVER.MAX_WEIGHT_ABS={bound:g}"
+        raise FloatingPointError(
+            f"weights became {kind} {when} (rank(s) {ranks}): first bad parameter {name!r} (max |value| = "
+            f"{value:g}). Nothing was saved; last good checkpoint: {self._last_checkpoint_path()}."
+        )
 
     def run_step(self) -> None:
         """One iteration (sub-classes); it must consume one batch through :meth:`_next_batch`."""
@@ -399,6 +589,10 @@ class SimpleTrainer(TrainerBase):
         else:
             trainer = cls(model, data_loader, optimizer, **kwargs)
         trainer.cfg = cfg
+        trainer.max_weight_abs = float(cfg.SOLVER.MAX_WEIGHT_ABS)
+        if trainer.max_weight_abs < 0:
+            raise ValueError(f"SOLVER.MAX_WEIGHT_ABS must be >= 0 (0 = check only finiteness), "
+                             f"got {trainer.max_weight_abs}")
         trainer.checkpointer = Checkpointer(unwrap_model(model), cfg.OUTPUT_DIR,
                                             save_to_disk=comm.is_main_process(), trainer=weakref.proxy(trainer))
         trainer.register_hooks(default_hooks(cfg, trainer, test_function))
@@ -420,9 +614,11 @@ class SimpleTrainer(TrainerBase):
 
     def run_step(self) -> None:
         t0 = time.perf_counter()
+        self._phase("data")
         batch = self._next_batch()
         data_time = time.perf_counter() - t0
 
+        self._phase("forward")
         with self._autocast():
             loss_dict = self.model(batch)
         if isinstance(loss_dict, torch.Tensor):
@@ -435,6 +631,7 @@ class SimpleTrainer(TrainerBase):
             raise ValueError(f"the model's loss dict has no key starting with 'loss': {sorted(loss_dict)}")
         losses = sum(loss_dict[k] for k in loss_keys)
 
+        self._phase("backward")
         self.optimizer.zero_grad(set_to_none=True)
         self._backward(losses)
         grad_norm = self.grad_clipper(self._params)
@@ -447,7 +644,12 @@ class SimpleTrainer(TrainerBase):
         bad_grad = self._checks_gradients() and gnorm is not None and not math.isfinite(gnorm)
         local = {"values": values, "terms": terms, "data_time": data_time, "grad_norm": gnorm,
                  "bad": bad_loss or bad_grad, "stop": self._local_stop_reason()}
+        if self._new_skips:
+            local["skipped"], self._new_skips = self._new_skips, []
+        self._phase("exchange")
         everyone = comm.all_gather(local)
+        self.progress.exchanged(self.iter)
+        self._phase("optimizer")
 
         bad_ranks = [r for r, m in enumerate(everyone) if m["bad"]]
         if bad_ranks:
@@ -457,8 +659,10 @@ class SimpleTrainer(TrainerBase):
                 f"loss_dict = {values}, grad_norm = {gnorm}. The optimizer step was skipped, so the weights are "
                 f"those after iteration {self.iter - 1}; last checkpoint: {self._last_checkpoint_path()}."
             )
+        self._note_skipped_records(everyone)
         self._agreed_stop = next((m["stop"] for m in everyone if m["stop"]), None)
         self._optimizer_step()
+        self.check_weights(f"after the optimizer step of iteration {self.iter}")
         self._write_metrics(everyone, time.perf_counter() - t0)
 
 
