@@ -6,8 +6,12 @@
     python train_net.py --config-file configs/toy/partcatseg_toy.yaml MODEL.DEVICE cpu     # the toy demo
     torchrun --nproc_per_node 4 train_net.py --config-file ...                              # torchrun works too
 
-Exit status: 0 on success and after SIGINT/SIGTERM (a checkpoint was saved); 3 when the progress
-watchdog stopped the job (SOLVER.WATCHDOG_SECONDS; the last line says which rank stalled); 1 otherwise.
+Exit status: 0 on success and after SIGINT/SIGTERM (a checkpoint was saved); 2 for a mistake in the
+command line or the config (one line says what and where; checked before any model is built or any
+process started: config, device, model, weights file, datasets); 1 for a failure while working (a
+corrupt checkpoint, a bad record, NaN/inf, a collective timeout); 3 when the progress watchdog stopped
+the job (SOLVER.WATCHDOG_SECONDS; the last line says which rank stalled). ``--debug`` (or
+``PARTCATSEG_DEBUG=1``) shows tracebacks for user errors too.
 """
 from __future__ import annotations
 
@@ -18,11 +22,13 @@ import sys
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from partcatseg.checkpoint import Checkpointer  # noqa: E402
+from partcatseg.checkpoint import Checkpointer, CheckpointError  # noqa: E402
+from partcatseg.cli.errors import run_cli  # noqa: E402
 from partcatseg.config import setup_cfg  # noqa: E402
 from partcatseg.engine import Trainer, default_argument_parser, default_setup, launch  # noqa: E402
 from partcatseg.engine.launch import WorkerStalledError, as_timeout  # noqa: E402
 from partcatseg.engine.ddp import unwrap_model  # noqa: E402
+from partcatseg.engine.preflight import preflight  # noqa: E402
 from partcatseg.engine.rng import seed_all_rng  # noqa: E402
 from partcatseg.engine.runner import evaluate, train_loader_from_config  # noqa: E402
 from partcatseg.modeling import build_model  # noqa: E402
@@ -47,7 +53,7 @@ def main(args):
         elif weights:
             report = checkpointer.load_weights(weights)
             if not report.loaded:
-                raise RuntimeError(f"nothing from {weights} matched the model")
+                raise CheckpointError(f"nothing from {weights} matched the model ({type(model).__name__})")
         else:
             logger.warning("Evaluating a randomly initialised model (MODEL.WEIGHTS is empty)")
         return evaluate(cfg, model)
@@ -70,7 +76,12 @@ def main(args):
     return results
 
 
-def cli(argv=None):
+def cli(argv=None) -> int:
+    """The command line (user errors: one line and an exit status, see the module docstring)."""
+    return run_cli(_cli, argv, "train_net.py")
+
+
+def _cli(argv) -> int:
     parser = default_argument_parser()
     parser.add_argument("--skip-bad-records", action="store_true",
                         help="skip unreadable/corrupt records instead of stopping, in evaluation (reported by name, "
@@ -82,15 +93,19 @@ def cli(argv=None):
     if args.dist_timeout is not None:
         as_timeout(args.dist_timeout, "--dist-timeout")
         args.opts = list(args.opts) + ["DIST_TIMEOUT", str(float(args.dist_timeout))]
+    # everything a user can get wrong, before any model is built or process started
+    cfg = setup_cfg(args.config_file, args.opts + (["EVAL_ONLY", "True"] if args.eval_only else []))
+    preflight(cfg, eval_only=args.eval_only, num_processes=args.num_gpus)
     # the collective timeout is needed before any process group exists: read it from the config here
-    timeout = as_timeout(setup_cfg(args.config_file, args.opts).DIST_TIMEOUT, "DIST_TIMEOUT")
+    timeout = as_timeout(cfg.DIST_TIMEOUT, "DIST_TIMEOUT")
     try:
-        return launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-                      dist_url=args.dist_url, args=(args,), timeout=timeout)
+        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,), timeout=timeout)
     except WorkerStalledError as exc:
         print(exc, file=sys.stderr, flush=True)
-        sys.exit(exc.exit_code)
+        return exc.exit_code
+    return 0
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

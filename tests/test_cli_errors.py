@@ -115,3 +115,34 @@ def test_download_list_and_quiet_offline_failure(tmp_path):
     assert took < 20 and "Retry" not in proc.stderr + proc.stdout
     assert "Fetch it by hand" in proc.stderr and "URL:" in proc.stderr
     assert "python tools/download_weights.py catseg_base" not in proc.stderr
+
+
+def _train_net(args, env_extra=None):
+    return _tool([str(REPO / "train_net.py"), *args], env_extra, timeout=300)
+
+
+def test_train_net_user_mistakes_are_one_line_before_any_model(tmp_path):
+    base = ["--config-file", TOY_CFG, "OUTPUT_DIR", str(tmp_path / "out"), "MODEL.DEVICE", "cpu"]
+    cases = [
+        (["SOLVER.BASE_LRR", "0.1"], "SOLVER.BASE_LRR"),                        # a typo in a key
+        (["SOLVER.BASE_LR", "-1"], "SOLVER.BASE_LR=-1.0: expected a non-negative number"),
+        (["MODEL.WEIGHTS", str(tmp_path / "missing.pth")], "missing.pth"),    # weights file absent
+        (["--config-file", str(tmp_path / "nope.yaml")], "nope.yaml"),        # config file absent
+    ]
+    for extra, needle in cases:
+        args = [a for a in base if a not in ("--config-file", TOY_CFG)] if extra[0] == "--config-file" else base
+        proc = _train_net(extra + args if extra[0] == "--config-file" else args + extra,
+                          {"DETECTRON2_DATASETS": str(tmp_path / "no_data")})
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2, (extra, proc.stderr[-2000:])
+        assert len(lines) <= 2 and lines[0].startswith("train_net.py: error: ") and needle in proc.stderr, (extra, lines)
+        assert "Traceback" not in proc.stderr
+        assert "built PartCATSeg" not in proc.stderr + proc.stdout  # nothing was built
+    # a dataset that is not there: the download / preparation command, not collect_mask_labels
+    proc = _train_net(base, {"DETECTRON2_DATASETS": str(tmp_path / "no_data")})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-2:]
+    assert "ToyPart/images/train' does not exist" in last[0] and "make_toy_dataset.py" in last[1]
+    # --debug shows the traceback
+    proc = _train_net(base + ["SOLVER.BASE_LR", "-1", "--debug"], {"DETECTRON2_DATASETS": str(tmp_path)})
+    assert proc.returncode != 0 and "Traceback" in proc.stderr

@@ -45,6 +45,12 @@ def classify(err: BaseException) -> Optional[str]:
         return "usage"
     if isinstance(err, (CheckpointError, WeightsError, BadRecordError, PermissionError)):
         return "runtime"
+    from ..engine.comm import CollectiveTimeoutError
+    from ..engine.train_loop import TooManyBadRecordsError
+
+    # training stopped on purpose, with a message that names the iteration and the last checkpoint
+    if isinstance(err, (FloatingPointError, CollectiveTimeoutError, TooManyBadRecordsError)):
+        return "runtime"
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
         return "runtime"
     return None

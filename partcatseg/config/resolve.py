@@ -99,5 +99,7 @@ def validate_framework_keys(cfg: Any) -> None:
     if cfg.MODEL.DINO_INPUT_SIZE <= 0:
         problems.append(f"MODEL.DINO_INPUT_SIZE={cfg.MODEL.DINO_INPUT_SIZE!r}: expected a positive int")
     problems += _range_problems(cfg)
+    if len(problems) == 1:
+        raise ConfigError(f"Invalid config value {problems[0]}")
     if problems:
         raise ConfigError("Invalid config values:\n  " + "\n  ".join(problems))

@@ -123,6 +123,10 @@ def _worker_init(worker_id: int) -> None:
 # ----------------------------------------------------------------------------------------------
 # training
 # ----------------------------------------------------------------------------------------------
+# consecutive replacements of one training sample after which a warning is logged
+_REPLACEMENT_WARNING = 10
+
+
 class TrainingStream:
     """Global position -> dataset index for the infinite shuffled stream (see module docstring)."""
 
@@ -213,11 +217,18 @@ class _TrainDataset(Dataset):
             if out is not None:
                 return _WithSkips(out, skipped) if skipped else out
             tried.append(index)
-            if attempt == 2:
+            # A record maps to None when nothing labelled is left (a part-less object, a crop that misses
+            # every part); it is replaced, as the official loader does. Only a long run is worth a warning.
+            if attempt == _REPLACEMENT_WARNING - 1:
                 logger.warning(
-                    "Training records %s mapped to None 3 times in a row at stream position %d; still drawing "
-                    "replacements", [_file_of(self.records[i]) for i in tried], position,
+                    "Training records %s had no labelled part after augmentation %d times in a row (stream "
+                    "position %d); still drawing replacements. A few are normal (part-less objects, crops that "
+                    "miss the parts); many suggest labels that do not match the dataset's classes",
+                    [_file_of(self.records[i]) for i in tried[-3:]], _REPLACEMENT_WARNING, position,
                 )
+            else:
+                logger.debug("training record %s had no labelled part (position %d, attempt %d): replaced",
+                             _file_of(record), position, attempt)
             pick = np.random.default_rng(np.random.SeedSequence([seed, position, attempt, _FALLBACK_STREAM]))
             index = int(pick.integers(len(self.records)))
         raise RuntimeError(

@@ -194,15 +194,21 @@ class EvalHook(HookBase):
 
 
 class PeriodicWriter(HookBase):
-    """Calls every writer every ``period`` iterations, after the last one, and at the end."""
+    """Calls every writer every ``period`` iterations, after the last one, and at the end.
 
-    def __init__(self, writers: Sequence[EventWriter], period: int = 20):
+    ``first_iters``: also after these iterations (counted from the start or resume), so that a long
+    run shows its progress line and ETA from the first iteration instead of after ``period`` of them.
+    """
+
+    def __init__(self, writers: Sequence[EventWriter], period: int = 20, first_iters: Sequence[int] = ()):
         self.writers = list(writers)
         self.period = int(period)
+        self.first_iters = {int(i) for i in first_iters}
 
     def after_step(self) -> None:
         it = self.trainer.iter
-        if (it + 1) % self.period == 0 or it == self.trainer.max_iter - 1:
+        early = (it - self.trainer.start_iter) in self.first_iters
+        if (it + 1) % self.period == 0 or it == self.trainer.max_iter - 1 or early:
             for w in self.writers:
                 w.write()
 

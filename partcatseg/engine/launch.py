@@ -43,6 +43,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from ..config import ConfigError
 from . import comm
 
 __all__ = ["DEFAULT_TIMEOUT", "STALL_EXIT_CODE", "WorkerStalledError", "as_timeout", "launch", "report_failure",
@@ -74,9 +75,9 @@ def as_timeout(seconds: Union[None, float, int, timedelta], what: str = "timeout
         try:
             value = float(seconds)
         except (TypeError, ValueError):
-            raise ValueError(f"{what} must be a number of seconds, got {seconds!r}") from None
+            raise ConfigError(f"{what} must be a number of seconds, got {seconds!r}") from None
     if not value > 0 or value == float("inf"):
-        raise ValueError(f"{what} must be a positive, finite number of seconds, got {seconds!r}")
+        raise ConfigError(f"{what} must be a positive, finite number of seconds, got {seconds!r}")
     return timedelta(seconds=value)
 
 

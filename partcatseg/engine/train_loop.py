@@ -123,7 +123,11 @@ def default_hooks(cfg: Any, trainer: "TrainerBase", test_function: Optional[Any]
     if test_function is not None:
         hooks.append(EvalHook(cfg.TEST.EVAL_PERIOD, test_function))
     if comm.is_main_process():
-        hooks.append(PeriodicWriter(default_writers(cfg.OUTPUT_DIR, trainer.max_iter), period=writer_period))
+        writers = default_writers(cfg.OUTPUT_DIR, trainer.max_iter)
+        console = [w for w in writers if isinstance(w, CommonMetricPrinter)]
+        # the console line from the first iterations on (time and ETA early); files keep the period
+        hooks.append(PeriodicWriter(console, period=writer_period, first_iters=(0, 4, 9)))
+        hooks.append(PeriodicWriter([w for w in writers if w not in console], period=writer_period))
     return hooks
 
 
