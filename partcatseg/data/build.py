@@ -432,7 +432,7 @@ class TestLoader:
             if kept:
                 yield kept
         if self.skipped:
-            logger.warning(
+            logger.debug(  # the evaluation runner reports them, with the reason and the file names
                 "Test loader skipped %d record(s): %d mapped to None, %d unreadable/invalid",
                 len(self.skipped), len(self.none_records), len(self.bad_records),
             )
