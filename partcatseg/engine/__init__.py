@@ -18,15 +18,23 @@ from .events import (
     TensorboardWriter,
     get_event_storage,
 )
-from .hooks import EvalHook, HookBase, LRScheduler, PeriodicCheckpointer, PeriodicWriter
+from .hooks import EvalHook, HookBase, LRScheduler, PeriodicCheckpointer, PeriodicWriter, ProgressWatchdog
 from .inference import inference_context, inference_on_dataset
-from .launch import launch
+from .launch import STALL_EXIT_CODE, WorkerStalledError, launch
 from .logger import setup_logger
 from .lr_scheduler import LRMultiplier, PolyParamScheduler, WarmupParamScheduler, build_lr_scheduler
 from .optim import GradientClipper, build_gradient_clipper, build_optimizer, get_param_groups, uses_clip_multiplier
 from .rng import capture_rng_state, restore_rng_state, seed_all_rng, set_deterministic
 from .signals import StopSignals, ignore_stop_signals
-from .train_loop import AMPTrainer, SimpleTrainer, Trainer, TrainerBase, default_hooks, default_writers
+from .train_loop import (
+    AMPTrainer,
+    SimpleTrainer,
+    TooManyBadRecordsError,
+    Trainer,
+    TrainerBase,
+    default_hooks,
+    default_writers,
+)
 
 __all__ = [
     "AMPTrainer",
@@ -42,12 +50,16 @@ __all__ = [
     "PeriodicCheckpointer",
     "PeriodicWriter",
     "PolyParamScheduler",
+    "ProgressWatchdog",
+    "STALL_EXIT_CODE",
     "SimpleTrainer",
     "StopSignals",
     "TensorboardWriter",
+    "TooManyBadRecordsError",
     "Trainer",
     "TrainerBase",
     "WarmupParamScheduler",
+    "WorkerStalledError",
     "build_gradient_clipper",
     "build_lr_scheduler",
     "build_optimizer",
