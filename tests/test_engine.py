@@ -415,6 +415,9 @@ def test_training_run_outputs(tmp_path):
     assert lines[1]["term_aux"] == 0.5
     assert glob.glob(str(tmp_path / "events.out.tfevents.*"))
     log = (tmp_path / "log.txt").read_text()
+    # the console line comes from the first iterations on (then every 20); metrics.json keeps the period
+    early = [int(s.split("iter: ")[1].split()[0]) for s in log.splitlines() if "iter: " in s and "eta:" in s]
+    assert early[:4] == [0, 4, 9, 19]
     progress = [s for s in log.splitlines() if "iter: 39" in s]
     assert progress and all(k in progress[0] for k in ("eta:", "total_loss:", "loss_ce:", "term_ce:", "lr:",
                                                        "time:", "data_time:", "max_mem:"))
