@@ -176,6 +176,20 @@ def test_split_opts():
         ["--input", "a.jpg", "--output", "o"], ["MODEL.WEIGHTS", "x.pth", "MODEL.DEVICE", "cpu"])
 
 
+def test_parse_with_overrides_shared_by_every_command():
+    """One parser rule for demo, app, convert and push: overrides anywhere; a key without a value is a usage error."""
+    from partcatseg.cli import app, convert_checkpoint, push_to_hub
+    from partcatseg.cli.errors import UsageError
+    from partcatseg.cli.overrides import parse_with_overrides
+
+    args, opts = parse_with_overrides(build_parser(), ["MODEL.DEVICE", "cpu", "--input", "a.jpg", "--output", "o"])
+    assert args.input == ["a.jpg"] and args.output == "o" and opts == ["MODEL.DEVICE", "cpu"]
+    for module in (app, convert_checkpoint, push_to_hub):
+        assert "parse_with_overrides" in vars(module)
+    with pytest.raises(UsageError, match=r"KEY VALUE pairs; got \['MODEL.WEIGHTS'\]"):
+        parse_with_overrides(build_parser(), ["--input", "a.jpg", "--output", "o", "MODEL.WEIGHTS"])
+
+
 def test_tools_wrapper_and_console_script(tmp_path):
     """tools/demo.py and the installed ``partcatseg-demo`` script both reach ``main``."""
     helped = subprocess.run([sys.executable, str(REPO / "tools/demo.py"), "--help"], capture_output=True, text=True, timeout=120)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .errors import UsageError, run_cli
+from .overrides import parse_with_overrides
 
 __all__ = ["main", "build_parser", "build_app", "PROG", "EXAMPLE_VOCABULARIES"]
 
@@ -210,12 +211,7 @@ def build_app(backend, *, banner: str = "", examples: Sequence[Path] = (), title
 
 def _main(argv: list) -> int:
     from .app_backend import AppBackend, discover_models, ensure_toy_model, example_images
-    from .demo import split_opts
-
-    options, opts = split_opts(argv)
-    args = build_parser().parse_args(options)
-    if len(opts) % 2:
-        raise UsageError(f"config overrides must be KEY VALUE pairs; got {opts}")
+    args, opts = parse_with_overrides(build_parser(), argv)
     if args.max_side < 0:
         raise UsageError(f"--max-side must be >= 0, got {args.max_side}")
     _check_device(args.device)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .errors import UsageError, run_cli
+from .overrides import parse_with_overrides
 
 __all__ = ["main", "build_parser", "PROG"]
 
@@ -47,12 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(argv: list) -> int:
     from ..inference.hub import command_line, convert_checkpoint
-    from .demo import split_opts
-
-    options, opts = split_opts(argv)
-    args = build_parser().parse_args(options)
-    if len(opts) % 2:
-        raise UsageError(f"config overrides must be KEY VALUE pairs; got {opts}")
+    args, opts = parse_with_overrides(build_parser(), argv)
     out = Path(args.output)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not args.force)):
         raise UsageError(f"--output {out} is not empty; pass --force to overwrite its files" if out.is_dir()

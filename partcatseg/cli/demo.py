@@ -21,7 +21,6 @@ import glob
 import json
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -29,12 +28,12 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .errors import UsageError, run_cli
+from .overrides import parse_with_overrides, split_opts  # noqa: F401  (split_opts: part of this module's API)
 
 __all__ = ["main", "run", "build_parser", "split_opts", "find_images", "write_outputs", "DemoError",
            "NothingProcessedError", "DemoResult", "DEFAULT_MAX_SIDE", "LARGE_SIDE"]
 
 PROG = "partcatseg-demo"
-_KEY_RE = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_MAX_SIDE = 1024  # predict at most at this longer side by default
@@ -87,26 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help=argparse.SUPPRESS)
     return p
-
-
-def split_opts(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Separate config overrides (``KEY.NAME VALUE`` pairs, anywhere on the line, or all after ``--opts``)."""
-    argv = list(argv)
-    rest: list[str] = []
-    if "--opts" in argv:
-        i = argv.index("--opts")
-        argv, rest = argv[:i], argv[i + 1 :]
-    options: list[str] = []
-    opts: list[str] = []
-    i = 0
-    while i < len(argv):
-        if _KEY_RE.match(argv[i]):
-            opts += argv[i : i + 2]  # the key and its value (a missing value is reported by run())
-            i += 2
-        else:
-            options.append(argv[i])
-            i += 1
-    return options, opts + rest
 
 
 def find_images(inputs: Sequence[str]) -> list[Path]:
@@ -341,11 +320,7 @@ def run(argv: Optional[Sequence[str]] = None) -> DemoResult:
     from ..config import setup_cfg
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    cli_args, opts = split_opts(argv)
-    args = build_parser().parse_args(cli_args)
-    opts = list(opts) + list(args.opts or [])
-    if len(opts) % 2:
-        raise DemoError(f"config overrides must be KEY VALUE pairs; got {opts}")
+    args, opts = parse_with_overrides(build_parser(), argv)
     if args.device:
         opts += ["MODEL.DEVICE", args.device]
     if args.batch_size < 1:

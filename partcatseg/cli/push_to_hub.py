@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .errors import UsageError, run_cli
+from .overrides import parse_with_overrides
 
 __all__ = ["main", "build_parser", "PROG"]
 
@@ -47,12 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(argv: list) -> int:
     from ..inference.hub import command_line, convert_checkpoint, is_pretrained_folder, is_repo_id, offline, push_to_hub
     from ..weights import WeightsDownloadError
-    from .demo import split_opts
-
-    options, opts = split_opts(argv)
-    args = build_parser().parse_args(options)
-    if len(opts) % 2:
-        raise UsageError(f"config overrides must be KEY VALUE pairs; got {opts}")
+    args, opts = parse_with_overrides(build_parser(), argv)
     if not is_repo_id(args.repo_id):
         raise UsageError(f"{args.repo_id!r} is not a hub repository id (expected <user or org>/<name>)")
     if offline():  # before converting: nothing could be uploaded
