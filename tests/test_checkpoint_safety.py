@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, FullDisk
 from torch import nn
 
 import partcatseg.checkpoint as ck
@@ -466,36 +466,12 @@ def test_file_is_fsynced_before_and_directory_after_the_rename(tmp_path, monkeyp
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000002.pth" and _warnings(logs) == []
 
 
-class _FullDisk:
-    """A file whose file system accepts ``room`` bytes, then fails every write with ENOSPC."""
-
-    room = 1024
-
-    def __init__(self, f):
-        self.f, self.n = f, 0
-
-    def write(self, b):
-        if self.n + len(b) > self.room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.n += len(b)
-        return self.f.write(b)
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
-
-
 def test_full_disk_names_the_path_and_changes_nothing(tmp_path, monkeypatch):
     ckpt = Checkpointer(Net(1), str(tmp_path))
     ckpt.save("model_0000001", iteration=1)
     good = (tmp_path / "model_0000001.pth").read_bytes()
     real_open = ck._open_for_write
-    monkeypatch.setattr(ck, "_open_for_write", lambda fd: _FullDisk(real_open(fd)))
+    monkeypatch.setattr(ck, "_open_for_write", lambda fd: FullDisk(real_open(fd)))
     with pytest.raises(CheckpointWriteError) as info:
         ckpt.save("model_0000002", iteration=2)
     err = info.value
@@ -514,12 +490,10 @@ def test_full_disk_names_the_path_and_changes_nothing(tmp_path, monkeypatch):
     real_atomic_text = ck._atomic_write_text
 
     def tag_on_full_disk(path, text, **kw):
-        monkeypatch.setattr(ck, "_open_for_write", lambda fd: _FullDisk(real_open(fd)))
-        _FullDisk.room = 3
+        monkeypatch.setattr(ck, "_open_for_write", lambda fd: FullDisk(real_open(fd), room=3))
         try:
             real_atomic_text(path, text, **kw)
         finally:
-            _FullDisk.room = 1024
             monkeypatch.setattr(ck, "_open_for_write", real_open)
 
     monkeypatch.setattr(ck, "_atomic_write_text", tag_on_full_disk)

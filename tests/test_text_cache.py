@@ -6,7 +6,6 @@ encoder ran again, and what ends up on disk.
 """
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, FullDisk
 
 import partcatseg.checkpoint as ckpt_mod
 from partcatseg.modeling import text as text_mod
@@ -182,28 +181,6 @@ def test_a_pickled_payload_in_the_cache_never_runs(clip, tmp_path, logs):
 def test_full_disk_gives_one_warning_no_temporary_file_and_memory_still_works(clip, tmp_path, logs,
                                                                               monkeypatch, encode_calls):
     real_open = ckpt_mod._open_for_write
-
-    class FullDisk:
-        """The file system accepts 1 KiB, then every write fails with ENOSPC."""
-
-        def __init__(self, f):
-            self.f, self.n = f, 0
-
-        def write(self, b):
-            if self.n + len(b) > 1024:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            self.n += len(b)
-            return self.f.write(b)
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
     monkeypatch.setattr(ckpt_mod, "_open_for_write", lambda fd: FullDisk(real_open(fd)))
     cache = TextFeatureCache(str(tmp_path))
     a = cache.get(clip, NAMES, TEMPLATES)
