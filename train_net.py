@@ -18,15 +18,16 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from functools import partial
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from partcatseg.checkpoint import Checkpointer, CheckpointError  # noqa: E402
-from partcatseg.cli.errors import run_cli  # noqa: E402
+from partcatseg.cli.errors import debug_requested, describe_error, run_cli  # noqa: E402
 from partcatseg.config import setup_cfg  # noqa: E402
 from partcatseg.engine import Trainer, default_argument_parser, default_setup, launch  # noqa: E402
-from partcatseg.engine.launch import WorkerStalledError, as_timeout  # noqa: E402
+from partcatseg.engine.launch import WorkerFailedError, as_timeout  # noqa: E402
 from partcatseg.engine.ddp import unwrap_model  # noqa: E402
 from partcatseg.engine.preflight import preflight  # noqa: E402
 from partcatseg.engine.rng import seed_all_rng  # noqa: E402
@@ -100,8 +101,9 @@ def _cli(argv) -> int:
     timeout = as_timeout(cfg.DIST_TIMEOUT, "DIST_TIMEOUT")
     try:
         launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-               dist_url=args.dist_url, args=(args,), timeout=timeout)
-    except WorkerStalledError as exc:
+               dist_url=args.dist_url, args=(args,), timeout=timeout,
+               describe_error=None if debug_requested(argv) else partial(describe_error, prog="train_net.py"))
+    except WorkerFailedError as exc:  # a worker's one-line report (the watchdog, or a user-facing error)
         print(exc, file=sys.stderr, flush=True)
         return exc.exit_code
     return 0

@@ -459,3 +459,35 @@ def test_torchrun_gets_the_collective_timeout(tmp_path):
     waited = float(result.split()[0])
     assert 3 < waited < 14, result  # gave up after the 4 s timeout, long before rank 1 arrived
     assert "barrier on rank 0 of 2 waited more than 4 s (--dist-timeout / DIST_TIMEOUT)" in result
+
+
+def _user_error_on_rank1_main() -> None:
+    from partcatseg.config import ConfigError
+
+    comm.synchronize()
+    if comm.get_rank() == 1:
+        raise ConfigError("SOLVER.BASE_LR=-1.0: expected a non-negative number")
+    comm.synchronize()  # rank 0 waits here until the launcher stops it
+
+
+def _describe_config_errors(err: BaseException):
+    from partcatseg.config import ConfigError
+
+    return (2, f"tool: error: {err}") if isinstance(err, ConfigError) else None
+
+
+def test_a_worker_user_error_ends_the_spawned_job_with_its_line_and_status():
+    from partcatseg.engine.launch import WorkerFailedError
+    from torch.multiprocessing.spawn import ProcessRaisedException
+
+    with pytest.raises(WorkerFailedError) as info:
+        launch(_user_error_on_rank1_main, num_gpus_per_machine=2, dist_url="auto", backend="gloo", timeout=30,
+               grace_period=2, describe_error=_describe_config_errors)
+    assert str(info.value) == "tool: error: SOLVER.BASE_LR=-1.0: expected a non-negative number"
+    assert info.value.exit_code == 2 and not isinstance(info.value, WorkerStalledError)
+    # without a describer (or for an error it does not know) the worker's traceback is kept
+    with pytest.raises(ProcessRaisedException) as raw:
+        launch(_user_error_on_rank1_main, num_gpus_per_machine=2, dist_url="auto", backend="gloo", timeout=30,
+               grace_period=2)
+    # (whichever worker the launcher saw fail first: rank 1's error, or rank 0's lost connection to it)
+    assert "Traceback (most recent call last)" in str(raw.value)

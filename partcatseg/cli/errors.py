@@ -15,7 +15,8 @@ import os
 import sys
 from typing import Callable, Optional, Sequence
 
-__all__ = ["UsageError", "USAGE_EXIT", "RUNTIME_EXIT", "DEBUG_ENV", "classify", "format_error", "run_cli", "debug_requested"]
+__all__ = ["UsageError", "USAGE_EXIT", "RUNTIME_EXIT", "DEBUG_ENV", "classify", "describe_error", "format_error",
+           "run_cli", "debug_requested"]
 
 USAGE_EXIT = 2
 RUNTIME_EXIT = 1
@@ -69,20 +70,41 @@ def format_error(err: BaseException) -> str:
     return str(err).strip() or type(err).__name__
 
 
+def describe_error(err: BaseException, prog: str) -> Optional[tuple]:
+    """``(exit_status, "PROG: error: ...")`` for a user-facing error, ``None`` for a bug.
+
+    The same line :func:`run_cli` prints; spawned DDP workers report it through
+    ``launch(describe_error=...)`` so a multi-process job ends like a single-process one.
+    """
+    kind = classify(err)
+    if kind is None:
+        return None
+    return (USAGE_EXIT if kind == "usage" else RUNTIME_EXIT), f"{prog}: error: {format_error(err)}"
+
+
 def run_cli(main: Callable[[list[str]], Optional[int]], argv: Optional[Sequence[str]], prog: str) -> int:
     """Run ``main(argv)`` (``--debug`` removed) and turn user errors into a message and an exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
+    previous = os.environ.get(DEBUG_ENV)
+    if "--debug" in argv:
+        os.environ[DEBUG_ENV] = "1"  # while main runs: spawned DDP workers keep their tracebacks too
     argv = [a for a in argv if a != "--debug"]
     try:
-        status = main(argv)
+        try:
+            status = main(argv)
+        finally:
+            if previous is None:
+                os.environ.pop(DEBUG_ENV, None)
+            else:
+                os.environ[DEBUG_ENV] = previous
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - classified below; bugs are re-raised with their traceback
-        kind = classify(err)
-        if kind is None or debug:
+        described = describe_error(err, prog)
+        if described is None or debug:
             raise
-        print(f"{prog}: error: {format_error(err)}", file=sys.stderr)
-        return USAGE_EXIT if kind == "usage" else RUNTIME_EXIT
+        print(described[1], file=sys.stderr)
+        return described[0]
     return 0 if status is None else int(status)

@@ -23,7 +23,10 @@ normally do: DDP failures are agreed on, and the progress watchdog stops every l
 worker still running after that (frozen by SIGSTOP, or blocked in a collective) is killed with its
 child processes, at once if it is stopped. A worker that stopped the job through
 :func:`report_failure` (the progress watchdog) makes :func:`launch` raise :class:`WorkerStalledError`
-with that worker's one-line message.
+with that worker's one-line message. A worker that failed on an error ``describe_error`` recognises (a
+user's mistake, a collective timeout, too many bad records: whatever the command line reports in one
+line) makes :func:`launch` raise :class:`WorkerFailedError` with that line and exit status, so a
+spawned job ends the way a single-process job does, not with a worker's traceback.
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ import tempfile
 import threading
 import time
 from datetime import timedelta
-from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -46,8 +49,8 @@ import torch.multiprocessing as mp
 from ..config import ConfigError
 from . import comm
 
-__all__ = ["DEFAULT_TIMEOUT", "STALL_EXIT_CODE", "WorkerStalledError", "as_timeout", "launch", "report_failure",
-           "torchrun_env"]
+__all__ = ["DEFAULT_TIMEOUT", "STALL_EXIT_CODE", "WorkerFailedError", "WorkerStalledError", "as_timeout", "launch",
+           "report_failure", "torchrun_env"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +62,23 @@ DEFAULT_GRACE_PERIOD = 10.0
 _FAILURE_FILE_ENV = "PARTCATSEG_FAILURE_FILE"
 
 
-class WorkerStalledError(RuntimeError):
+class WorkerFailedError(RuntimeError):
+    """A spawned worker stopped the job with a one-line report (``str(self)``) and an exit status."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class WorkerStalledError(WorkerFailedError):
     """A worker stopped the job because training made no progress (see :func:`report_failure`)."""
 
-    exit_code = STALL_EXIT_CODE
+    def __init__(self, message: str, exit_code: int = STALL_EXIT_CODE):
+        super().__init__(message, exit_code)
+
+#: ``describe_error(err)`` -> ``(exit_status, one_line_message)`` for an error a user should see as one
+#: line, or ``None`` for a bug (its traceback is kept)
+ErrorDescriber = Callable[[BaseException], Optional[Tuple[int, str]]]
 
 
 def as_timeout(seconds: Union[None, float, int, timedelta], what: str = "timeout") -> timedelta:
@@ -81,18 +97,19 @@ def as_timeout(seconds: Union[None, float, int, timedelta], what: str = "timeout
     return timedelta(seconds=value)
 
 
-def report_failure(message: str) -> None:
+def report_failure(message: str, exit_code: int = STALL_EXIT_CODE) -> None:
     """Record why this process is about to stop the job, for whoever launched it.
 
     Spawned by :func:`launch`: appended to the launcher's report file (the launcher raises
-    :class:`WorkerStalledError` with it). Under torchrun: written to ``TORCHELASTIC_ERROR_FILE`` in
-    torchelastic's format, so torchrun's failure summary shows it. Never raises.
+    :class:`WorkerStalledError` with it for ``STALL_EXIT_CODE``, else :class:`WorkerFailedError`).
+    Under torchrun: written to ``TORCHELASTIC_ERROR_FILE`` in torchelastic's format, so torchrun's
+    failure summary shows it. Never raises.
     """
     path = os.environ.get(_FAILURE_FILE_ENV)
     if path:
         try:
             with open(path, "a", encoding="utf-8") as f:
-                f.write(message.replace("\n", " ") + "\n")
+                f.write(json.dumps({"exit_code": int(exit_code), "message": message.replace("\n", " ")}) + "\n")
         except OSError:
             pass
     error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
@@ -165,15 +182,38 @@ def _teardown() -> None:
 
 def _distributed_worker(local_rank: int, main_func: Callable[..., Any], world_size: int, num_gpus_per_machine: int,
                         machine_rank: int, dist_url: str, args: Sequence[Any], timeout: timedelta,
-                        backend: str, failure_file: str = "") -> None:
+                        backend: str, failure_file: str = "",
+                        describe_error: Optional[ErrorDescriber] = None) -> None:
     rank = machine_rank * num_gpus_per_machine + local_rank
     if failure_file:
         os.environ[_FAILURE_FILE_ENV] = failure_file
-    _init_group(backend, dist_url, world_size, rank, local_rank, num_gpus_per_machine, timeout)
     try:
+        _init_group(backend, dist_url, world_size, rank, local_rank, num_gpus_per_machine, timeout)
         main_func(*args)
+    except Exception as err:
+        described = describe_error(err) if describe_error is not None else None
+        if described is not None:
+            report_failure(described[1], described[0])
+        raise  # torch keeps the traceback in the worker's error file
     finally:
         _teardown()
+
+
+def _read_reports(failure_file: str) -> List[Tuple[int, str]]:
+    """The workers' reports, oldest first; a line that is not one of ours is skipped."""
+    reports: List[Tuple[int, str]] = []
+    try:
+        with open(failure_file, encoding="utf-8") as f:
+            lines = [line for line in f if line.strip()]
+    except OSError:
+        return reports
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            reports.append((int(entry["exit_code"]), str(entry["message"])))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return reports
 
 
 class _ForwardSignals:
@@ -301,15 +341,12 @@ def _join_workers(processes: Sequence[Any], error_files: Sequence[str], failure_
         _finish_resource_tracker()
 
     failed_process = processes[failed]
-    reports: List[str] = []
-    if failure_file:
-        try:
-            with open(failure_file, encoding="utf-8") as f:
-                reports = [line.strip() for line in f if line.strip()]
-        except OSError:
-            pass
+    reports = _read_reports(failure_file) if failure_file else []
     if reports:
-        raise WorkerStalledError(reports[0])
+        exit_code, message = reports[0]
+        if exit_code == STALL_EXIT_CODE:
+            raise WorkerStalledError(message)
+        raise WorkerFailedError(message, exit_code)
     from torch.multiprocessing.spawn import ProcessExitedException, ProcessRaisedException
 
     error_file = error_files[failed] if failed < len(error_files) else ""
@@ -342,6 +379,7 @@ def launch(
     timeout: Union[timedelta, float, None] = DEFAULT_TIMEOUT,
     backend: Optional[str] = None,
     grace_period: float = DEFAULT_GRACE_PERIOD,
+    describe_error: Optional[ErrorDescriber] = None,
 ) -> Any:
     """Run ``main_func(*args)`` on every process of the job.
 
@@ -356,12 +394,15 @@ def launch(
             ``None`` = 30 minutes), for spawned workers and under torchrun.
         backend: ``None`` = NCCL if CUDA is available else gloo; or "gloo"/"nccl" explicitly.
         grace_period: seconds the other spawned workers get to stop by themselves after one failed.
+        describe_error: for spawned workers: maps an exception to ``(exit_status, message)`` when it is
+            one a user should see as one line (``None`` keeps the traceback); see :class:`WorkerFailedError`.
 
     Returns:
         ``main_func``'s return value when it runs in this process (world size 1, or torchrun);
         ``None`` after spawned workers finish. A worker's exception is re-raised here (torch's
         ``ProcessRaisedException``); a worker stopped by the progress watchdog raises
-        :class:`WorkerStalledError` with its message.
+        :class:`WorkerStalledError` with its message; a worker's error that ``describe_error`` recognised
+        raises :class:`WorkerFailedError` with its line and exit status.
     """
     timeout = as_timeout(timeout)
     env = torchrun_env()
@@ -410,7 +451,7 @@ def launch(
             _distributed_worker,
             nprocs=num_gpus_per_machine,
             args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, tuple(args), timeout, backend,
-                  failure_file),
+                  failure_file, describe_error),
             join=False,
             daemon=False,
         )

@@ -393,8 +393,8 @@ class TrainerBase:
                                f"log.txt.rank<N> and OUTPUT_DIR/heartbeats). Last checkpoint: "
                                f"{self._last_checkpoint_path()}.")
                     logger.error(message)
-                    if not isinstance(exc, comm.CollectiveTimeoutError):
-                        raise comm.CollectiveTimeoutError(f"{message} Original error: {exc}") from exc
+                    # also for comm's own timeout error: the iteration and the last checkpoint are said here
+                    raise comm.CollectiveTimeoutError(f"{message} Original error: {exc}") from exc
                 raise
             finally:
                 try:
