@@ -65,9 +65,14 @@ def test_toy_training_learns_and_beats_the_untrained_model(toy_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(toy_root, tmp_path):
+@pytest.mark.parametrize("extra", [
+    (),
+    # data-loader worker processes, and 2 micro-batches of 2 images per optimizer step
+    ("DATALOADER.NUM_WORKERS", "2", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MICRO_BATCH_SIZE", "2"),
+], ids=["plain", "workers_and_accumulation"])
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(toy_root, tmp_path, extra):
     opts = ["SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "3", "SOLVER.IMS_PER_BATCH", "2",
-            "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()"]
+            "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()", *extra]
     straight = tmp_path / "straight"
     run_train_net(toy_root, straight, *opts)
     # the interrupted run: same job, but it "died" right after writing the iteration-3 checkpoint
@@ -78,6 +83,8 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(toy_root, tmp_p
     (resumed / "last_checkpoint").write_text("model_0000002.pth")
     proc = run_train_net(toy_root, resumed, "--resume", *opts)
     assert "from iteration 3" in proc.stdout + proc.stderr
+    if extra:
+        assert "4 image(s)/rank/iter in 2 micro-batches of 2" in proc.stdout + proc.stderr
     a = torch.load(straight / "model_final.pth", weights_only=True)["model"]
     b = torch.load(resumed / "model_final.pth", weights_only=True)["model"]
     assert a.keys() == b.keys()

@@ -13,6 +13,7 @@ from .resolve import (
     resolve_catseg_variant,
     resolve_device,
     resolve_meta_architecture,
+    resolve_micro_batches,
     resolve_text_cache_dir,
     validate_framework_keys,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "resolve_catseg_variant",
     "resolve_device",
     "resolve_meta_architecture",
+    "resolve_micro_batches",
     "resolve_text_cache_dir",
     "setup_cfg",
     "validate_framework_keys",

@@ -468,6 +468,11 @@ def add_framework_config(cfg: CfgNode) -> None:
     cfg.TEST.SKIP_BAD_RECORDS = False
     # Autocast dtype when SOLVER.AMP.ENABLED: "bf16" or "fp16".
     cfg.SOLVER.AMP.DTYPE = "bf16"
+    # Images per process in one forward/backward (gradient accumulation). SOLVER.IMS_PER_BATCH stays the
+    # batch of one optimizer step; each process accumulates IMS_PER_BATCH / (processes x MICRO_BATCH_SIZE)
+    # micro-batches, which see the images the ranks of a larger DDP job would see (the official
+    # 4 GPUs x 1 image on one device: IMS_PER_BATCH 4, MICRO_BATCH_SIZE 1). 0 = no accumulation.
+    cfg.SOLVER.MICRO_BATCH_SIZE = 0
     # Pretrained DINOv2 loaded into backbone.dinov2 before MODEL.WEIGHTS when *training* (the official
     # code takes it from torch.hub): a file path or a weights name (tools/download_weights.py --list);
     # "" = keep the random initialisation (toy configs).

@@ -38,6 +38,29 @@ def resolve_catseg_variant(cfg: Any) -> str:
     return "partcatseg_baseline" if baseline else "cvpr2024"
 
 
+def resolve_micro_batches(cfg: Any, world_size: int) -> tuple[int, int]:
+    """``(images per micro-batch, micro-batches per optimizer step)`` of each of ``world_size`` processes.
+
+    ``SOLVER.IMS_PER_BATCH`` is the batch of one optimizer step over all processes;
+    ``SOLVER.MICRO_BATCH_SIZE`` (0 = IMS_PER_BATCH / world_size) the images of one forward/backward.
+    """
+    total, micro = int(cfg.SOLVER.IMS_PER_BATCH), int(cfg.SOLVER.MICRO_BATCH_SIZE)
+    world_size = max(int(world_size), 1)
+    if total <= 0 or total % world_size:
+        raise ConfigError(f"SOLVER.IMS_PER_BATCH={total} must be a positive multiple of the number of processes "
+                          f"({world_size}): every process takes the same share of the batch")
+    per_process = total // world_size
+    if micro < 0:
+        raise ConfigError(f"SOLVER.MICRO_BATCH_SIZE={micro}: expected 0 (no accumulation) or a positive int")
+    if micro == 0:
+        return per_process, 1
+    if per_process % micro:
+        raise ConfigError(
+            f"SOLVER.MICRO_BATCH_SIZE={micro} must divide the images per process, SOLVER.IMS_PER_BATCH / processes "
+            f"= {total} / {world_size} = {per_process} (the optimizer step sees IMS_PER_BATCH images)")
+    return micro, per_process // micro
+
+
 def resolve_meta_architecture(cfg: Any) -> str:
     """The registered class ``MODEL.META_ARCHITECTURE`` names.
 
@@ -96,6 +119,12 @@ def validate_framework_keys(cfg: Any) -> None:
         problems.append(f"TEST.AMP={cfg.TEST.AMP!r}: expected one of {list(AMP_MODES)} ('' = fp32)")
     if cfg.TEST.CLASS_CHUNK < 0:
         problems.append(f"TEST.CLASS_CHUNK={cfg.TEST.CLASS_CHUNK!r}: expected 0 (off) or a positive int")
+    if cfg.SOLVER.MICRO_BATCH_SIZE < 0:
+        problems.append(f"SOLVER.MICRO_BATCH_SIZE={cfg.SOLVER.MICRO_BATCH_SIZE!r}: expected 0 (no accumulation) or "
+                        "a positive int")
+    elif cfg.SOLVER.MICRO_BATCH_SIZE > 0 and cfg.SOLVER.IMS_PER_BATCH % cfg.SOLVER.MICRO_BATCH_SIZE:
+        problems.append(f"SOLVER.MICRO_BATCH_SIZE={cfg.SOLVER.MICRO_BATCH_SIZE!r}: expected a divisor of "
+                        f"SOLVER.IMS_PER_BATCH={cfg.SOLVER.IMS_PER_BATCH!r}")
     if cfg.MODEL.DINO_INPUT_SIZE <= 0:
         problems.append(f"MODEL.DINO_INPUT_SIZE={cfg.MODEL.DINO_INPUT_SIZE!r}: expected a positive int")
     problems += _range_problems(cfg)

@@ -9,6 +9,10 @@ Training (detectron2 ``TrainingSampler`` + ``MapDataset`` + trivial collation):
 * Rank ``r`` of ``W`` takes stream positions ``r, r + W, r + 2W, ...`` (detectron2 sharding); each rank's
   batch is ``total_batch_size / W`` consecutive items of its share, so iteration ``k`` of rank ``r``
   maps global positions ``r + W * (k * b + j)``, ``j < b``.
+* Gradient accumulation (``accumulation_steps=K``): rank ``r`` hands out ``K`` micro-batches of
+  ``b = total_batch_size / (W * K)`` per iteration; micro-batch ``k`` is what rank ``r * K + k`` of a
+  ``W * K``-process job would take, so the optimizer step sees exactly the images of that larger job
+  (the official 4 GPUs x 1 image on one device: ``K=4``, ``b=1``). ``K=1`` is the plain sharding above.
 * Sample at global position ``p`` is augmented with ``AugRandom.from_seed(seed, p, attempt)``: the
   result depends only on (seed, p), never on worker count or scheduling. Starting at ``start_iter=k``
   therefore yields exactly the batches an uninterrupted run yields from iteration ``k`` on.
@@ -238,19 +242,32 @@ class _TrainDataset(Dataset):
 
 
 class _RankBatchSampler(Sampler):
-    """Infinite batches of global positions for one rank, from ``start_iter`` on."""
+    """Infinite (micro-)batches of global positions for one rank, from iteration ``start_iter`` on.
 
-    def __init__(self, rank: int, world_size: int, batch_size: int, start_iter: int) -> None:
+    Each iteration yields ``accumulation_steps`` micro-batches; micro-batch ``k`` of rank ``r`` is the
+    batch of virtual rank ``r * accumulation_steps + k`` among ``world_size * accumulation_steps``.
+    """
+
+    def __init__(self, rank: int, world_size: int, batch_size: int, start_iter: int,
+                 accumulation_steps: int = 1) -> None:
         self.rank, self.world_size, self.batch_size, self.start_iter = rank, world_size, batch_size, start_iter
+        self.accumulation_steps = accumulation_steps
+
+    def micro_positions(self, iteration: int, micro: int) -> list[int]:
+        virtual_rank = self.rank * self.accumulation_steps + micro
+        virtual_world = self.world_size * self.accumulation_steps
+        first = iteration * self.batch_size
+        return [virtual_rank + virtual_world * (first + j) for j in range(self.batch_size)]
 
     def positions(self, iteration: int) -> list[int]:
-        first = iteration * self.batch_size
-        return [self.rank + self.world_size * (first + j) for j in range(self.batch_size)]
+        """Every position this rank maps at ``iteration`` (all its micro-batches, in order)."""
+        return [p for k in range(self.accumulation_steps) for p in self.micro_positions(iteration, k)]
 
     def __iter__(self) -> Iterator[list[int]]:
         it = self.start_iter
         while True:
-            yield self.positions(it)
+            for k in range(self.accumulation_steps):
+                yield self.micro_positions(it, k)
             it += 1
 
 
@@ -276,11 +293,16 @@ class TrainLoader:
 
     @property
     def batch_size(self) -> int:
-        """Images per rank per iteration."""
+        """Images per rank per forward/backward (per micro-batch)."""
         return self.batch_sampler.batch_size
 
+    @property
+    def accumulation_steps(self) -> int:
+        """Micro-batches per rank per iteration (optimizer step); each is one item of the iteration."""
+        return self.batch_sampler.accumulation_steps
+
     def record_indices(self, iteration: int) -> list[int]:
-        """Dataset indices this rank draws at ``iteration`` (before any None replacement)."""
+        """Dataset indices this rank draws at ``iteration``, all micro-batches (before any None replacement)."""
         return [self.stream.index(p) for p in self.batch_sampler.positions(iteration)]
 
     def pop_skipped(self) -> list[dict]:
@@ -316,6 +338,7 @@ def build_train_loader(
     serialize: bool = True,
     skip_bad_records: bool = False,
     max_bad_records: int = -1,
+    accumulation_steps: int = 1,
 ) -> TrainLoader:
     """Deterministic, resumable training loader (detectron2 ``TrainingSampler`` semantics).
 
@@ -323,12 +346,16 @@ def build_train_loader(
     ``mapper(record, rng)`` must accept the per-sample ``AugRandom``. Iteration ``k`` of the returned
     loader is the same for any ``num_workers`` and for any ``start_iter <= k``. ``skip_bad_records``
     replaces records raising ``BadRecordError`` (see the module docstring); ``max_bad_records`` is
-    handed to the trainer (``DATALOADER.MAX_BAD_RECORDS``).
+    handed to the trainer (``DATALOADER.MAX_BAD_RECORDS``). ``accumulation_steps`` > 1 splits each rank's
+    share into that many micro-batches per iteration, handed out one after the other (module docstring).
     """
     rank, world_size = dist_rank_world(rank, world_size)
-    if total_batch_size <= 0 or total_batch_size % world_size:
+    if accumulation_steps < 1:
+        raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
+    if total_batch_size <= 0 or total_batch_size % (world_size * accumulation_steps):
         raise ValueError(
-            f"total_batch_size={total_batch_size} must be a positive multiple of world_size={world_size}"
+            f"total_batch_size={total_batch_size} must be a positive multiple of world_size={world_size} x "
+            f"accumulation_steps={accumulation_steps}"
         )
     if start_iter < 0:
         raise ValueError(f"start_iter must be >= 0, got {start_iter}")
@@ -336,7 +363,8 @@ def build_train_loader(
         raise ValueError("build_train_loader: the dataset is empty")
     records = SerializedRecords(dataset_dicts) if serialize else list(dataset_dicts)
     stream = TrainingStream(len(records), seed, shuffle=shuffle)
-    batch_sampler = _RankBatchSampler(rank, world_size, total_batch_size // world_size, start_iter)
+    batch_sampler = _RankBatchSampler(rank, world_size, total_batch_size // (world_size * accumulation_steps),
+                                      start_iter, accumulation_steps)
     loader = DataLoader(
         _TrainDataset(records, mapper, stream, max_fallback_attempts, skip_bad_records),  # type: ignore[arg-type]
         batch_sampler=batch_sampler,
@@ -345,8 +373,10 @@ def build_train_loader(
         worker_init_fn=_worker_init if num_workers > 0 else None,
     )
     logger.info(
-        "Train loader: %d records, %d image(s)/rank/iter (rank %d of %d), seed %d, starting at iteration %d",
-        len(records), batch_sampler.batch_size, rank, world_size, seed, start_iter,
+        "Train loader: %d records, %d image(s)/rank/iter%s (rank %d of %d), seed %d, starting at iteration %d",
+        len(records), batch_sampler.batch_size * accumulation_steps,
+        f" in {accumulation_steps} micro-batches of {batch_sampler.batch_size}" if accumulation_steps > 1 else "",
+        rank, world_size, seed, start_iter,
     )
     return TrainLoader(loader, stream, batch_sampler, skip_bad_records=bool(skip_bad_records),
                        max_bad_records=int(max_bad_records))

@@ -10,7 +10,7 @@ import logging
 from typing import Any, Sequence
 
 from ..checkpoint import checkpoint_problem
-from ..config import ConfigError, resolve_device
+from ..config import ConfigError, resolve_device, resolve_micro_batches
 from ..data import DatasetCatalog, MetadataCatalog
 from ..data.datasets.common import DatasetFilesError
 from ..modeling import meta_architecture_class
@@ -78,5 +78,6 @@ def preflight(cfg: Any, *, eval_only: bool, num_processes: int = 1) -> None:
         if not cfg.DATASETS.TRAIN:
             raise ConfigError("DATASETS.TRAIN is empty: nothing to train on")
         check_datasets(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
+        resolve_micro_batches(cfg, num_processes)  # the batch splits evenly over processes and micro-batches
     check_datasets(cfg.DATASETS.TEST, "DATASETS.TEST")
     logger.debug("preflight passed")

@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from ..config import resolve_micro_batches
 from ..data import DatasetCatalog, MetadataCatalog, build_mapper, build_test_loader, build_train_loader
 from ..evaluation import PartSegEvaluator, SemSegEvaluator, VOCbSemSegEvaluator
 from ..evaluation.tables import semseg_table, summary_table, write_json
@@ -36,10 +37,11 @@ def train_loader_from_config(cfg: Any, start_iter: int = 0):
     dicts = [d for name in cfg.DATASETS.TRAIN for d in DatasetCatalog.get(name)]
     mapper = build_mapper(cfg, is_train=True, dataset_name=cfg.DATASETS.TRAIN[0])
     seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+    _, accumulation = resolve_micro_batches(cfg, comm.get_world_size())
     return build_train_loader(
         dicts, mapper, total_batch_size=cfg.SOLVER.IMS_PER_BATCH, num_workers=cfg.DATALOADER.NUM_WORKERS,
         seed=seed, start_iter=start_iter, skip_bad_records=cfg.DATALOADER.SKIP_BAD_RECORDS,
-        max_bad_records=cfg.DATALOADER.MAX_BAD_RECORDS,
+        max_bad_records=cfg.DATALOADER.MAX_BAD_RECORDS, accumulation_steps=accumulation,
     )
 
 

@@ -4,12 +4,14 @@
 * :class:`SimpleTrainer` – one fp32 step (below); ``from_config`` builds the whole trainer from a config;
 * :class:`AMPTrainer` – the same step under ``torch.autocast`` (bf16, or fp16 with a GradScaler on CUDA).
 
-One iteration (:meth:`SimpleTrainer.run_step`)::
+One iteration (:meth:`SimpleTrainer.run_step`) is one optimizer step::
 
-    batch = next(data)                        # "data_time"
-    loss_dict = model(batch)                  # (AMPTrainer: under torch.autocast)
-    total = sum(v for k, v in loss_dict.items() if k.startswith("loss"))
-    total.backward()                          # (AMPTrainer with fp16 on CUDA: scaled)
+    for each of the K micro-batches:          # K = accumulation_steps (SOLVER.MICRO_BATCH_SIZE), usually 1
+        batch = next(data)                    # "data_time" (summed over micro-batches)
+        loss_dict = model(batch)              # (AMPTrainer: under torch.autocast)
+        total = sum(v for k, v in loss_dict.items() if k.startswith("loss"))
+        (total / K).backward()                # gradients add up; DDP exchanges them after the last one only
+                                              # (AMPTrainer with fp16 on CUDA: scaled)
     grad_norm = clip(gradients)               # SOLVER.CLIP_GRADIENTS
     metrics exchanged across ranks; NaN/inf loss or gradient -> FloatingPointError (no step)
     optimizer.step()
@@ -17,7 +19,13 @@ One iteration (:meth:`SimpleTrainer.run_step`)::
     hooks: lr scheduler step, checkpoint, evaluation, writers
 
 Every entry of the loss dict is logged: keys starting with ``loss`` are summed and optimised, the
-others (``term_*`` diagnostics, accuracies) are logged as they are.
+others (``term_*`` diagnostics, accuracies) are logged as they are (means over the micro-batches).
+
+Gradient accumulation: with ``K`` micro-batches per step, each process's gradient is the mean of its
+micro-batches' gradients, and DDP averages those over processes, so a step on ``W`` processes with
+``K`` micro-batches of ``b`` images equals a step on ``W * K`` processes with ``b`` images each (the
+loader hands out the images those processes would take). The iteration counter, the LR schedule,
+checkpoints, logging and resume all count optimizer steps.
 
 Because the finiteness check happens before ``optimizer.step()`` and on every rank at once, a
 NaN loss or gradient never reaches the weights. A step can still overflow the weights (a huge
@@ -73,6 +81,7 @@ from .events import CommonMetricPrinter, EventStorage, EventWriter, JSONWriter, 
 from .hooks import (EvalHook, HookBase, LRScheduler, PeriodicCheckpointer, PeriodicWriter, ProgressState,
                     ProgressWatchdog)
 from .optim import GradientClipper, build_gradient_clipper, build_lr_scheduler, build_optimizer
+from ..config import resolve_micro_batches
 from ..modeling.speed import amp_dtype as amp_dtype_of
 from .rng import capture_rng_state, restore_rng_state
 from .signals import StopSignals
@@ -164,6 +173,8 @@ class TrainerBase:
         self._loaded_trainer_state = False
         self._batches_consumed = 0
         self._data_iter: Any = None
+        #: micro-batches (loader items) per iteration; each iteration is one optimizer step
+        self.accumulation_steps = 1
         self._new_skips: List[Dict[str, Any]] = []
         self._stop_requested: Optional[str] = None
         self._agreed_stop: Optional[str] = None
@@ -341,9 +352,16 @@ class TrainerBase:
         loader_state = data.get("loader")
         if self.data_loader is None:
             raise RuntimeError("Trainer.train: no data loader (set trainer.data_loader before training)")
+        loader_steps = getattr(self.data_loader, "accumulation_steps", None)
+        if loader_steps is not None and loader_steps != self.accumulation_steps:
+            raise ValueError(
+                f"the training loader hands out {loader_steps} micro-batch(es) per iteration but the trainer "
+                f"accumulates {self.accumulation_steps}; build both from the same SOLVER.IMS_PER_BATCH / "
+                "SOLVER.MICRO_BATCH_SIZE (train_loader_from_config, Trainer.from_config)")
+        start_iter = getattr(self.data_loader, "start_iter", None)
         if loader_state is not None and callable(getattr(self.data_loader, "load_state_dict", None)):
             self.data_loader.load_state_dict(loader_state)
-        elif consumed and getattr(self.data_loader, "start_iter", None) == consumed:
+        elif consumed and start_iter is not None and start_iter * self.accumulation_steps == consumed:
             pass  # a loader built to start at the resumed position (e.g. build_train_loader(start_iter=...))
         elif consumed:
             logger.warning("the training data loader (%s) cannot restore its position (no state_dict/"
@@ -540,7 +558,7 @@ class TrainerBase:
         )
 
     def run_step(self) -> None:
-        """One iteration (sub-classes); it must consume one batch through :meth:`_next_batch`."""
+        """One iteration (sub-classes); it consumes ``accumulation_steps`` batches through :meth:`_next_batch`."""
         raise NotImplementedError(f"{type(self).__name__} does not define run_step")
 
     def _write_metrics(self, everyone: Sequence[Dict[str, Any]], step_time: float) -> None:
@@ -563,14 +581,18 @@ class SimpleTrainer(TrainerBase):
     Args (beyond :class:`TrainerBase`):
         scheduler: lr scheduler stepped by the :class:`LRScheduler` hook.
         grad_clipper: a :class:`GradientClipper`; ``None`` = no clipping (norm still checked).
+        accumulation_steps: micro-batches whose gradients make one optimizer step (module docstring).
     """
 
     def __init__(self, model: nn.Module, data_loader: Optional[Iterable[Any]], optimizer: torch.optim.Optimizer, *,
                  max_iter: int, scheduler: Any = None, grad_clipper: Optional[GradientClipper] = None,
-                 hooks: Sequence[HookBase] = ()):
+                 hooks: Sequence[HookBase] = (), accumulation_steps: int = 1):
         super().__init__(model, data_loader, optimizer, max_iter=max_iter, hooks=hooks)
         self.scheduler = scheduler
         self.grad_clipper = grad_clipper or GradientClipper(enabled=False)
+        if int(accumulation_steps) < 1:
+            raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
+        self.accumulation_steps = int(accumulation_steps)
 
     @classmethod
     def from_config(cls, cfg: Any, model: nn.Module, data_loader: Optional[Iterable[Any]], *,
@@ -578,16 +600,18 @@ class SimpleTrainer(TrainerBase):
         """DefaultTrainer essentials: DDP wrap, optimizer/scheduler/clipper from ``SOLVER.*``, a
         :class:`~partcatseg.checkpoint.Checkpointer` in ``OUTPUT_DIR`` and the default hooks.
 
-        ``SOLVER.AMP.ENABLED`` gives an :class:`AMPTrainer` (``SOLVER.AMP.DTYPE``). ``test_function()``
+        ``SOLVER.AMP.ENABLED`` gives an :class:`AMPTrainer` (``SOLVER.AMP.DTYPE``); ``SOLVER.MICRO_BATCH_SIZE``
+        sets the gradient accumulation (the loader must be built from the same keys). ``test_function()``
         (optional) evaluates the model and returns a results dict; it runs every ``TEST.EVAL_PERIOD``
         iterations and at the end.
         """
         from ..checkpoint import Checkpointer
 
+        _, accumulation = resolve_micro_batches(cfg, comm.get_world_size())
         model = create_ddp_model(model)
         optimizer = build_optimizer(cfg, model, clip_multiplier=clip_multiplier)
         kwargs: Dict[str, Any] = dict(max_iter=cfg.SOLVER.MAX_ITER, scheduler=build_lr_scheduler(cfg, optimizer),
-                                      grad_clipper=build_gradient_clipper(cfg))
+                                      grad_clipper=build_gradient_clipper(cfg), accumulation_steps=accumulation)
         if cfg.SOLVER.AMP.ENABLED:
             trainer: SimpleTrainer = AMPTrainer(model, data_loader, optimizer, amp_dtype=cfg.SOLVER.AMP.DTYPE, **kwargs)
         else:
@@ -609,22 +633,21 @@ class SimpleTrainer(TrainerBase):
     def _backward(self, losses: torch.Tensor) -> None:
         losses.backward()
 
+    def _unscale(self) -> None:
+        """Gradients to their true scale before clipping (a GradScaler's; nothing to do in fp32)."""
+
     def _optimizer_step(self) -> None:
         self.optimizer.step()
 
-    def _checks_gradients(self) -> bool:
-        """Whether a non-finite gradient norm is an error (a GradScaler skips such steps itself)."""
-        return True
+    def _exchange_context(self, micro: int) -> Any:
+        """DDP exchanges gradients in the backward of the last micro-batch only (``no_sync`` before)."""
+        if micro < self.accumulation_steps - 1 and callable(getattr(self.model, "no_sync", None)):
+            return self.model.no_sync()
+        return contextlib.nullcontext()
 
-    def run_step(self) -> None:
-        t0 = time.perf_counter()
-        self._phase("data")
-        batch = self._next_batch()
-        data_time = time.perf_counter() - t0
-
-        self._phase("forward")
-        with self._autocast():
-            loss_dict = self.model(batch)
+    @staticmethod
+    def _loss_terms(loss_dict: Any) -> tuple:
+        """(loss dict, keys of the optimised terms, their sum), checking what the model returned."""
         if isinstance(loss_dict, torch.Tensor):
             loss_dict = {"loss": loss_dict}
         if not isinstance(loss_dict, Mapping):
@@ -633,16 +656,45 @@ class SimpleTrainer(TrainerBase):
         loss_keys = [k for k in loss_dict if k.startswith("loss")]
         if not loss_keys:
             raise ValueError(f"the model's loss dict has no key starting with 'loss': {sorted(loss_dict)}")
-        losses = sum(loss_dict[k] for k in loss_keys)
+        return loss_dict, loss_keys, sum(loss_dict[k] for k in loss_keys)
 
-        self._phase("backward")
+    def _checks_gradients(self) -> bool:
+        """Whether a non-finite gradient norm is an error (a GradScaler skips such steps itself)."""
+        return True
+
+    def run_step(self) -> None:
+        t0 = time.perf_counter()
+        steps = self.accumulation_steps
+        data_time = 0.0
+        values: Dict[str, float] = {}
+        terms: Dict[str, float] = {}
+        # before the first forward: the previous step's gradients are not kept alive through it
         self.optimizer.zero_grad(set_to_none=True)
-        self._backward(losses)
-        grad_norm = self.grad_clipper(self._params)
+        for micro in range(steps):
+            self._phase("data")
+            t_data = time.perf_counter()
+            batch = self._next_batch()
+            data_time += time.perf_counter() - t_data
 
-        values = {k: _to_float(loss_dict[k]) for k in loss_keys}
-        values["total_loss"] = _to_float(losses)
-        terms = {k: _to_float(v) for k, v in loss_dict.items() if k not in values}
+            self._phase("forward")
+            with self._exchange_context(micro):
+                with self._autocast():
+                    loss_dict = self.model(batch)
+                loss_dict, loss_keys, losses = self._loss_terms(loss_dict)
+
+                self._phase("backward")
+                # the mean over micro-batches (K = 1: the loss itself, bit for bit as without accumulation)
+                self._backward(losses / steps if steps > 1 else losses)
+            micro_values = {k: _to_float(loss_dict[k]) for k in loss_keys}
+            micro_values["total_loss"] = _to_float(losses)
+            for key, value in micro_values.items():
+                values[key] = values.get(key, 0.0) + value / steps
+            for key, value in loss_dict.items():
+                if key not in micro_values:
+                    terms[key] = terms.get(key, 0.0) + _to_float(value) / steps
+            del loss_dict, losses, batch  # free this micro-batch's graph and inputs before the next
+        self._unscale()
+        grad_norm = self.grad_clipper(self._params)
         gnorm = _to_float(grad_norm) if grad_norm is not None else None
         bad_loss = not all(math.isfinite(v) for v in values.values())
         bad_grad = self._checks_gradients() and gnorm is not None and not math.isfinite(gnorm)
@@ -694,6 +746,9 @@ class AMPTrainer(SimpleTrainer):
             losses.backward()
         else:
             self.grad_scaler.scale(losses).backward()
+
+    def _unscale(self) -> None:
+        if self.grad_scaler is not None:  # once per step, after every micro-batch's backward
             self.grad_scaler.unscale_(self.optimizer)
 
     def _optimizer_step(self) -> None:
