@@ -34,7 +34,8 @@ needs_official = pytest.mark.skipif(
 
 
 def _spec(tmp_path, **kw) -> BenchmarkSpec:
-    args = dict(config_file=CONFIG, opts=list(TINY_OPTS), batch_size=2, image_size=(48, 64), warmup=0,
+    args = dict(config_file=CONFIG, opts=list(TINY_OPTS) + ["INPUT.CROP.SIZE", "(40, 40)"], batch_size=2,
+                image_size=(48, 64), warmup=0,
                 repeats=1, text_cache_dir=str(tmp_path / "text"))
     args.update(kw)
     return BenchmarkSpec(**args)
@@ -78,12 +79,20 @@ def test_tiny_run_report_schema(tmp_path):
     assert {"torch", "python", "threads", "cpu", "machine"} <= set(report["environment"])
     phases = report["phases"]
     assert list(phases) == list(PHASES)
+    peaks = phases["matmul_peak"]["peaks"]
+    assert set(peaks) == {"fp32", "bf16"} and all(p["gflops_best"] >= p["gflops_median"] > 0 for p in peaks.values())
     for name in ("build", "text_cold", "text_cached", "train_step"):
         _check_stats(phases[name]["seconds"], 1)
         assert MEMORY_KEYS <= set(phases[name])
         assert phases[name]["peak_rss_mb"] >= phases[name]["rss_before_mb"] > 0
-    assert phases["train_step"]["batch_size"] == 2
+    train = phases["train_step"]
+    assert train["batch_size"] == 2 and train["accumulation_steps"] == 1 and train["image_size"] == [40, 40]
+    assert train["compute_dtype"] == "fp32" and train["gflop_per_step"] > 0
+    u = train["utilization"]
+    assert u["gflops_per_second"] == pytest.approx(train["gflop_per_step"] / train["seconds"]["median"], rel=1e-2)
+    assert u["fraction_of_peak"] == pytest.approx(u["gflops_per_second"] / peaks["fp32"]["gflops_best"], rel=1e-2)
     inference = phases["inference"]
+    assert inference["compute_dtype"] == "fp32" and inference["gflop_per_image"] > 0
     assert MEMORY_KEYS <= set(inference)
     assert {"batch_1", "batch_2"} <= set(inference)
     for bs in (1, 2):
@@ -93,9 +102,13 @@ def test_tiny_run_report_schema(tmp_path):
         assert b["seconds_per_image"]["median"] == pytest.approx(b["seconds_per_batch"]["median"] / bs)
         assert b["images_per_second"] == pytest.approx(bs / b["seconds_per_batch"]["median"])
         assert b["first_call_seconds"] > 0
+        assert b["utilization"]["gflops_per_second"] == pytest.approx(
+            inference["gflop_per_image"] / b["seconds_per_image"]["median"], rel=1e-2)
+        assert 0 < b["utilization"]["fraction_of_peak"] < 1
     json.dumps(report)  # serialisable
     table = format_table(report)
-    for row in ("build", "text_cold", "text_cached", "inference batch 1", "inference batch 2", "train_step"):
+    for row in ("matmul peak fp32", "matmul peak bf16", "build", "text_cold", "text_cached", "inference batch 1",
+                "inference batch 2", "train_step", "GFLOP/s fp32 (", "% of peak)"):
         assert row in table
     assert "classes=116" in table and "class_chunk=1024" in table
 
@@ -185,6 +198,22 @@ def test_unknown_phase_and_missing_cuda_are_errors(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available on this machine"):
             run_benchmark(_spec(tmp_path, device="cuda"), ["build"], isolate=False)
+
+
+def test_training_variants_run_the_trainer_with_their_options(tmp_path):
+    spec = _spec(tmp_path, batch_size=1, train_variants=["default", "bf16+accumulate3"])
+    report = run_benchmark(spec, ["train_step"], isolate=False)
+    assert list(report["phases"]) == ["train_step", "train_step:bf16+accumulate3"]
+    plain, acc = report["phases"]["train_step"], report["phases"]["train_step:bf16+accumulate3"]
+    assert (plain["batch_size"], plain["accumulation_steps"], plain["compute_dtype"]) == (1, 1, "fp32")
+    assert (acc["batch_size"], acc["micro_batch_size"], acc["accumulation_steps"]) == (3, 1, 3)
+    assert acc["compute_dtype"] == "bf16" and acc["variant"] == "bf16+accumulate3"
+    # one optimizer step of 3 micro-batches executes three micro-batches' forward and backward
+    assert acc["gflop_per_step"] == pytest.approx(3 * plain["gflop_per_step"], rel=1e-6)
+    assert "fraction_of_peak" not in plain["utilization"]  # no matmul_peak phase in this run: no ratio
+    assert "3 img/step = 3 x 1, 40x40" in format_table(report)
+    with pytest.raises(ValueError, match=r"unknown variant part 'fp8' in 'fp8\+accumulate2'"):
+        run_benchmark(_spec(tmp_path, train_variants=["fp8+accumulate2"]), ["train_step"], isolate=False)
 
 
 def test_peak_rss_is_positive():

@@ -3,6 +3,7 @@
 * ``phases``   – the phases (build, text features cold/cached, inference, training step, accuracy,
   official side by side), each run in its own process by :func:`run_benchmark`;
 * ``measure``  – medians with quartiles, per-section peak RSS and CUDA peaks;
+* ``flops``    – executed FLOPs, the measured matmul peak, achieved GFLOP/s and the fraction of the peak;
 * ``accuracy`` – every speed mode's outputs against the default fp32 path;
 * ``official`` – the official PartCATSeg inference procedure around the official network code;
 * ``report``   – the plain-text table.
@@ -20,6 +21,7 @@ from .phases import (
     run_benchmark,
     run_phase,
     synthetic_part_vocabulary,
+    train_variant_opts,
 )
 from .measure import current_rss_mb, peak_rss_mb, summarize
 from .report import format_table

@@ -2,11 +2,17 @@
 
 Phases (each in its own subprocess by default, so every peak-memory figure is that phase's own):
 
+* ``matmul_peak``    the machine's measured matmul rate per dtype (the ceiling of :mod:`.flops`);
 * ``build``          model construction (random weights, no network), repeated;
 * ``text_cold``      class-name text features with an empty cache (the first start);
 * ``text_cached``    the same from the on-disk cache in a fresh process (every later start);
-* ``inference``      per-image latency and throughput at batch 1 and at ``--batch-size``;
-* ``train_step``     forward + backward + AdamW step at ``--batch-size``;
+* ``inference``      per-image latency and throughput at batch 1 and at ``--batch-size``, its executed
+  FLOPs and, against ``matmul_peak``, the achieved GFLOP/s and fraction of the peak;
+* ``train_step``     one optimizer step of the real trainer (SOLVER.* optimizer, clipping, AMP,
+  accumulation) on micro-batches of ``--batch-size`` training crops, with the same FLOP figures; one
+  run per ``--train-variants`` entry (``default``, ``checkpointing``, ``bf16``, ``accumulate4``,
+  combined with ``+``), each in its own process and reported as ``train_step`` /
+  ``train_step:<variant>``;
 * ``official`` (with ``--official-root``): the official start-up and batch-1 inference procedure
   around the official network code (:mod:`partcatseg.benchmark.official`) on the same weights,
   timed interleaved with ours on the same image, plus the largest output difference
@@ -35,11 +41,21 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
+from .flops import PEAK_DTYPES, add_utilization, count_flops, matmul_peak
 from .measure import Memory, summarize, sync, timed
 from .report import cpu_name
 
 SCHEMA = "partcatseg-benchmark/1"
-PHASES = ("build", "text_cold", "text_cached", "inference", "train_step")
+PHASES = ("matmul_peak", "build", "text_cold", "text_cached", "inference", "train_step")
+#: config options of each training variant (``--train-variants``; ``a+b`` applies both);
+#: ``accumulateN`` = N micro-batches of ``--batch-size`` per optimizer step
+TRAIN_VARIANT_OPTS = {
+    "default": [],
+    "fp32": [],
+    "checkpointing": ["MODEL.GRADIENT_CHECKPOINTING", "True"],
+    "bf16": ["SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.DTYPE", "bf16"],
+    "fp16": ["SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.DTYPE", "fp16"],
+}
 OFFICIAL_PHASES = ("official",)
 EXTRA_PHASES = ("accuracy",)  # run only when asked for (``--phases accuracy``)
 
@@ -48,7 +64,9 @@ __all__ = [
     "PHASES",
     "OFFICIAL_PHASES",
     "EXTRA_PHASES",
+    "TRAIN_VARIANT_OPTS",
     "BenchmarkSpec",
+    "train_variant_opts",
     "RandomTextFeatures",
     "synthetic_part_vocabulary",
     "run_phase",
@@ -76,6 +94,27 @@ class BenchmarkSpec:
     random_text: bool = False  # random unit text features instead of encoding (class-scaling runs)
     fixture: str = ""  # accuracy phase: a parity fixture (its config opts, rule weights and record)
     accuracy_modes: list[str] = field(default_factory=list)  # [] = the default modes
+    train_variants: list[str] = field(default_factory=lambda: ["default"])  # train_step runs, see TRAIN_VARIANT_OPTS
+    train_variant: str = "default"  # the variant of one train_step run (set per run by run_benchmark)
+
+
+def train_variant_opts(variant: str, micro_batch: int) -> list[str]:
+    """Config options of a ``--train-variants`` entry such as ``checkpointing+bf16`` or ``accumulate4``.
+
+    Every variant sets the batch explicitly: ``micro_batch`` images per forward/backward, times the
+    accumulation steps per optimizer step.
+    """
+    opts: list[str] = []
+    steps = 1
+    for part in variant.split("+"):
+        if part.startswith("accumulate") and part[len("accumulate"):].isdigit() and int(part[len("accumulate"):]) > 0:
+            steps = int(part[len("accumulate"):])
+        elif part in TRAIN_VARIANT_OPTS:
+            opts += TRAIN_VARIANT_OPTS[part]
+        else:
+            raise ValueError(f"--train-variants: unknown variant part {part!r} in {variant!r}; expected "
+                             f"{sorted(TRAIN_VARIANT_OPTS)} or accumulateN, joined with '+'")
+    return opts + ["SOLVER.IMS_PER_BATCH", str(micro_batch * steps), "SOLVER.MICRO_BATCH_SIZE", str(micro_batch)]
 
 
 def synthetic_part_vocabulary(num_classes: int):
@@ -158,12 +197,14 @@ def _build(spec: BenchmarkSpec, extra_opts: Sequence[str] = ()):
     return model.eval()
 
 
-def _records(model, spec: BenchmarkSpec, n: int, train: bool = False) -> list[dict]:
-    """Synthetic records of ``spec.image_size`` in the protocol's form (labels drawn from the vocabularies)."""
+def _records(model, spec: BenchmarkSpec, n: int, train: bool = False,
+             size: Optional[tuple[int, int]] = None) -> list[dict]:
+    """Synthetic records of ``size`` (default ``spec.image_size``) in the protocol's form (labels drawn
+    from the vocabularies)."""
     import torch
 
     g = torch.Generator().manual_seed(spec.seed)
-    h, w = spec.image_size
+    h, w = size or spec.image_size
     out = []
     for i in range(n):
         rec: dict[str, Any] = {"image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8),
@@ -226,12 +267,23 @@ def _phase_text(spec: BenchmarkSpec, cached: bool) -> dict:
     return {"seconds": summarize(times), **mem.report(), **_model_info(model)}
 
 
+def _phase_matmul_peak(spec: BenchmarkSpec) -> dict:
+    import torch
+
+    kind = "cuda" if spec.device.startswith("cuda") else "cpu"
+    peaks = {dtype: matmul_peak(spec.device, dtype, repeats=max(3, spec.repeats)) for dtype in PEAK_DTYPES[kind]}
+    return {"peaks": peaks, "threads": torch.get_num_threads()}
+
+
 def _phase_inference(spec: BenchmarkSpec) -> dict:
     import torch
 
     model = _build(spec)
     model.prepare_vocabulary()
     out: dict[str, Any] = {}
+    with torch.no_grad():  # executed FLOPs of one image (batch 1), counted outside the timed runs
+        out["gflop_per_image"] = count_flops(lambda: model(_records(model, spec, 1))) / 1e9
+    out["compute_dtype"] = _cfg(spec).TEST.AMP or "fp32"
     mem = Memory(spec.device)
     for bs in sorted({1, max(1, spec.batch_size)}):
         records = _records(model, spec, bs)
@@ -250,24 +302,85 @@ def _phase_inference(spec: BenchmarkSpec) -> dict:
     return out
 
 
+class _StepMeter:
+    """Trainer hook: warm-up steps, one FLOP-counted step, then timed steps with their own peak memory."""
+
+    def __init__(self, device: str, warmup: int) -> None:
+        self.device, self.warmup = device, max(1, warmup)  # the first step computes text features: never timed
+        self.flop_step = self.warmup
+        self.times: list[float] = []
+        self.flops = 0.0
+        self.memory: Optional[Memory] = None
+        self._counter: Any = None
+        self._start = 0.0
+        self.trainer: Any = None
+
+    # engine.HookBase's interface, duck-typed so that importing this module does not import torch
+    def before_train(self) -> None: ...
+
+    def after_train(self) -> None: ...
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def before_step(self) -> None:
+        it = self.trainer.iter
+        if it == self.flop_step:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            self._counter = FlopCounterMode(display=False)
+            self._counter.__enter__()
+        elif it == self.flop_step + 1:
+            self.memory = Memory(self.device)
+        sync(self.device)
+        self._start = time.perf_counter()
+
+    def after_step(self) -> None:
+        sync(self.device)
+        seconds = time.perf_counter() - self._start
+        if self.trainer.iter == self.flop_step:
+            self._counter.__exit__(None, None, None)
+            self.flops = float(self._counter.get_total_flops())
+        elif self.trainer.iter > self.flop_step:
+            self.times.append(seconds)
+
+
 def _phase_train_step(spec: BenchmarkSpec) -> dict:
-    import torch
+    """The trainer's own optimizer step (``SimpleTrainer`` / ``AMPTrainer`` from ``SOLVER.*``) on synthetic
+    training crops; the variant's options (checkpointing, AMP, accumulation) come through the config."""
+    import itertools
 
+    from ..config import resolve_micro_batches
+    from ..engine.optim import build_gradient_clipper, build_optimizer
+    from ..engine.train_loop import AMPTrainer, SimpleTrainer
+
+    micro = max(1, spec.batch_size)
+    spec = copy.deepcopy(spec)
+    spec.opts = list(spec.opts) + train_variant_opts(spec.train_variant, micro)
+    cfg = _cfg(spec)
     model = _build(spec).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
-    records = _records(model, spec, max(1, spec.batch_size), train=True)
-
-    def step() -> None:
-        losses = model(records)
-        sum(losses.values()).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    step()  # text features + optimizer state outside the measurement
-    mem = Memory(spec.device)
-    times = timed(step, spec.device, max(0, spec.warmup - 1), spec.repeats)
-    return {"seconds": summarize(times), "batch_size": len(records), **mem.report(), **_model_info(model)}
+    micro, steps = resolve_micro_batches(cfg, 1)
+    crop = tuple(cfg.INPUT.CROP.SIZE) if cfg.INPUT.CROP.ENABLED else tuple(spec.image_size)
+    records = _records(model, spec, micro, train=True, size=crop)
+    meter = _StepMeter(spec.device, spec.warmup)
+    kwargs: dict[str, Any] = dict(max_iter=meter.flop_step + 1 + max(1, spec.repeats),
+                                  grad_clipper=build_gradient_clipper(cfg), accumulation_steps=steps)
+    optimizer = build_optimizer(cfg, model)
+    if cfg.SOLVER.AMP.ENABLED:
+        trainer: SimpleTrainer = AMPTrainer(model, itertools.repeat(records), optimizer,
+                                            amp_dtype=cfg.SOLVER.AMP.DTYPE, **kwargs)
+    else:
+        trainer = SimpleTrainer(model, itertools.repeat(records), optimizer, **kwargs)
+    trainer.register_hooks([meter])  # type: ignore[list-item]
+    trainer.train()
+    return {"seconds": summarize(meter.times), "variant": spec.train_variant, "batch_size": micro * steps,
+            "micro_batch_size": micro, "accumulation_steps": steps, "image_size": list(crop),
+            "gflop_per_step": meter.flops / 1e9,
+            "compute_dtype": cfg.SOLVER.AMP.DTYPE if cfg.SOLVER.AMP.ENABLED else "fp32",
+            "gradient_checkpointing": bool(cfg.MODEL.get("GRADIENT_CHECKPOINTING", False)),
+            **(meter.memory.report() if meter.memory else {}), **_model_info(model)}
 
 
 def _phase_official(spec: BenchmarkSpec) -> dict:
@@ -364,6 +477,8 @@ def run_phase(spec: BenchmarkSpec, name: str) -> dict:
 
     if spec.device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"--device {spec.device} requested but CUDA is not available")
+    if name == "matmul_peak":
+        return _phase_matmul_peak(spec)
     if name == "build":
         return _phase_build(spec)
     if name in ("text_cold", "text_cached"):
@@ -429,13 +544,25 @@ def run_benchmark(spec: BenchmarkSpec, phases: Sequence[str] = PHASES, isolate: 
                             "threads": torch.get_num_threads(), "cpu": cpu_name(), "machine": platform.machine()},
             "phases": {},
         }
-        for name in phases:
+        runs = [(name, spec) for name in phases if name != "train_step"]
+        if "train_step" in phases:  # one run per training variant, in the order given
+            at = list(phases).index("train_step")
+            variant_runs = []
+            for variant in spec.train_variants:
+                train_variant_opts(variant, 1)  # an unknown variant fails before anything runs
+                one = copy.deepcopy(spec)
+                one.train_variant = variant
+                variant_runs.append(("train_step" if variant == "default" else f"train_step:{variant}", one))
+            runs[at:at] = variant_runs
+        for key, run_spec in runs:
+            name = key.split(":")[0]
             if log:
-                log(f"[benchmark] {name} ...")
-            result = _run_isolated(spec, name) if isolate else run_phase(spec, name)
+                log(f"[benchmark] {key} ...")
+            result = _run_isolated(run_spec, name) if isolate else run_phase(run_spec, name)
             if "model" in result:
                 report["model"] = result.pop("model")
-            report["phases"][name] = result
+            report["phases"][key] = result
+        add_utilization(report)
         return report
     finally:
         if tmp is not None:

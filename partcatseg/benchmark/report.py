@@ -33,34 +33,49 @@ def format_table(report: dict) -> str:
             text += f" / {res['cuda_max_allocated_mb']:.0f} CUDA"
         return text
 
+    def rate_of(res: dict) -> str:
+        u = res.get("utilization")
+        if not u:
+            return ""
+        text = f"{u['gflops_per_second']:.1f} GFLOP/s {u['compute_dtype']}"
+        return text + (f" ({100 * u['fraction_of_peak']:.0f}% of peak)" if "fraction_of_peak" in u else "")
+
     def batches(label: str, res: dict) -> None:
         for key in sorted((k for k in res if k.startswith("batch_")), key=lambda k: int(k.split("_")[1])):
             b = res[key]
             rows.append((f"{label} {key.replace('_', ' ')}", _fmt_stats(b["seconds_per_image"]) + " / image",
-                         f"{b['images_per_second']:.3f} img/s", mem_of(res)))
+                         f"{b['images_per_second']:.3f} img/s", rate_of(b), mem_of(res)))
 
     for name, res in report["phases"].items():
-        if name == "inference":
+        if name == "matmul_peak":
+            for dtype, p in res["peaks"].items():
+                rows.append((f"matmul peak {dtype}", f"{p['gflops_best']:.1f} GFLOP/s best (median "
+                             f"{p['gflops_median']:.1f}; {p['size']}x{p['size']} mm)", "", "", ""))
+        elif name == "inference":
             batches("inference", res)
         elif name == "official":
             parts = res["startup"].get("breakdown_seconds", {})
             rows.append(("official start-up", _fmt_stats(res["startup"]["seconds"]),
-                         ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()), mem_of(res["startup"])))
+                         ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()), "", mem_of(res["startup"])))
             batches("official inference", res["official"])
             batches("ours (interleaved)", res["ours"])
             p = res["official_parity"]
             rows.append(("official / ours", f"{res['speedup_median']:.2f}x per image; max |diff| sem_seg "
-                         f"{p['sem_seg']:.1e}, sem_seg_all {p['sem_seg_all']:.1e}", "", ""))
+                         f"{p['sem_seg']:.1e}, sem_seg_all {p['sem_seg_all']:.1e}", "", "", ""))
         elif name == "accuracy":
             for mode, d in res["modes"].items():
                 if mode == "reference":
                     continue
                 rows.append((f"accuracy {mode}", f"max |diff| {d['max_abs_diff']:.1e}, mean {d['mean_abs_diff']:.1e}",
-                             f"argmax agree {d['argmax_agreement']:.4f}", ""))
+                             f"argmax agree {d['argmax_agreement']:.4f}", "", ""))
+        elif name.startswith("train_step"):
+            what = (f"{res['batch_size']} img/step" + (f" = {res['accumulation_steps']} x {res['micro_batch_size']}"
+                    if res.get("accumulation_steps", 1) > 1 else "") + f", {res['image_size'][0]}x{res['image_size'][1]}")
+            rows.append((name, _fmt_stats(res["seconds"]) + " / step", what, rate_of(res), mem_of(res)))
         else:
-            rows.append((name, _fmt_stats(res["seconds"]), "", mem_of(res)))
-    head = ("phase", "time (median, IQR, min)", "throughput", "peak RSS MiB (+section)")
-    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(4)]
+            rows.append((name, _fmt_stats(res["seconds"]), "", "", mem_of(res)))
+    head = ("phase", "time (median, IQR, min)", "throughput", "achieved (of measured peak)", "peak RSS MiB (+section)")
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(5)]
     line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
     env = report["environment"]
     title = (f"{report['config_file']}  device={report['device']}  batch={report['batch_size']}  "

@@ -6,8 +6,9 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from .errors import run_cli
-from ..benchmark import EXTRA_PHASES, OFFICIAL_PHASES, PHASES, BenchmarkSpec, format_table, run_benchmark, run_phase
+from .errors import UsageError, run_cli
+from ..benchmark import (EXTRA_PHASES, OFFICIAL_PHASES, PHASES, BenchmarkSpec, format_table, run_benchmark, run_phase,
+                         train_variant_opts)
 
 __all__ = ["build_parser", "main"]
 
@@ -15,11 +16,14 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="benchmark.py",
-        description="Speed and memory of a model config (any meta-architecture): build, text features (cold and cached), "
-                    "inference latency/throughput at batch 1 and N, training step, peak memory.")
+        description="Speed and memory of a model config (any meta-architecture): the measured matmul peak, build, "
+                    "text features (cold and cached), inference latency/throughput at batch 1 and N, training steps "
+                    "(with checkpointing / mixed precision / accumulation variants), peak memory, achieved GFLOP/s "
+                    "and their fraction of the peak.")
     p.add_argument("--config-file", required=True, help="YAML config (e.g. configs/zero_shot/partcatseg_voc.yaml)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--batch-size", type=int, default=2, help="batch size N for throughput and the train step")
+    p.add_argument("--batch-size", type=int, default=2,
+                   help="batch size N for throughput, and the images of one forward/backward of the train step")
     p.add_argument("--image-size", type=int, nargs=2, default=(384, 512), metavar=("H", "W"),
                    help="synthetic image size (the model squashes to its encoder size; outputs come back at H x W)")
     p.add_argument("--warmup", type=int, default=1)
@@ -30,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random unit text features instead of encoding the vocabulary (for --num-classes scaling "
                         "runs: the head's cost does not depend on the values; text_* phases then time nothing real)")
     p.add_argument("--phases", nargs="+", default=list(PHASES), choices=list(PHASES + OFFICIAL_PHASES + EXTRA_PHASES))
+    p.add_argument("--train-variants", nargs="+", default=["default"], metavar="VARIANT",
+                   help="train_step runs, each in its own process: default, checkpointing (activation checkpointing), "
+                        "bf16 / fp16 (SOLVER.AMP), accumulateN (N micro-batches of --batch-size per optimizer step), "
+                        "joined with '+', e.g. checkpointing+bf16")
     p.add_argument("--official-root", default="",
                    help="kaist-cvml/part-catseg checkout: adds the 'official' phase (official procedure, same weights)")
     p.add_argument("--text-cache-dir", default="", help="text-feature cache (default: a fresh temporary directory)")
@@ -68,6 +76,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _main(argv: list) -> int:
     args = build_parser().parse_args(argv)
+    for variant in args.train_variants:
+        try:
+            train_variant_opts(variant, 1)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     phases = list(args.phases)
     if args.official_root:
         phases += [p for p in OFFICIAL_PHASES if p not in phases]
@@ -76,6 +89,7 @@ def _main(argv: list) -> int:
         image_size=tuple(args.image_size), warmup=args.warmup, repeats=args.repeats, num_classes=args.num_classes,
         text_cache_dir=args.text_cache_dir, official_root=args.official_root, weights=args.weights, seed=args.seed,
         random_text=args.random_text, fixture=args.fixture, accuracy_modes=list(args.accuracy_modes),
+        train_variants=list(args.train_variants),
     )
     report = run_benchmark(spec, phases, isolate=not args.no_isolate, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(format_table(report))
