@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-fast demo app clean
+.PHONY: venv test test-fast test-gpu demo app clean
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ test: venv
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# The CUDA checks in one command (parity, speed-mode bounds, a training step with each option, a
+# one-process NCCL DDP step, CUDA memory figures); they skip, saying so, without a GPU. The figures for
+# the README: python tools/benchmark.py --device cuda ... (README "Performance").
+test-gpu: venv
+	$(PY) -m pytest -q -rs -m gpu $(PYTEST_ARGS)
 
 # The toy demo: synthetic part dataset (if missing) -> train a reduced-width PartCATSeg from scratch
 # on the CPU (300 iterations: 1 min 24 s on a 2-core Intel Xeon, idle) -> the table.

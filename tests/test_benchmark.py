@@ -218,3 +218,23 @@ def test_training_variants_run_the_trainer_with_their_options(tmp_path):
 
 def test_peak_rss_is_positive():
     assert peak_rss_mb() > 10
+
+
+def test_inference_variants_compare_with_the_peak_of_their_dtype(tmp_path):
+    report = run_benchmark(_spec(tmp_path, inference_variants=["default", "bf16"]), ["matmul_peak", "inference"],
+                           isolate=False)
+    phases = report["phases"]
+    assert list(phases) == ["matmul_peak", "inference", "inference:bf16"]
+    peaks = phases["matmul_peak"]["peaks"]
+    for key, dtype in (("inference", "fp32"), ("inference:bf16", "bf16")):
+        res = phases[key]
+        assert res["compute_dtype"] == dtype and res["variant"] == (key.partition(":")[2] or "default")
+        u = res["batch_1"]["utilization"]
+        assert u["compute_dtype"] == dtype
+        assert u["fraction_of_peak"] == pytest.approx(u["gflops_per_second"] / peaks[dtype]["gflops_best"], rel=1e-2)
+    # autocast changes the precision, not the work
+    assert phases["inference:bf16"]["gflop_per_image"] == pytest.approx(phases["inference"]["gflop_per_image"], rel=1e-2)
+    table = format_table(report)
+    assert "inference:bf16 batch 1" in table and "GFLOP/s bf16 (" in table
+    with pytest.raises(ValueError, match="unknown variant part 'int8'"):
+        run_benchmark(_spec(tmp_path, inference_variants=["int8"]), ["inference"], isolate=False)

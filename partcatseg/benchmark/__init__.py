@@ -22,6 +22,7 @@ from .phases import (
     run_phase,
     synthetic_part_vocabulary,
     train_variant_opts,
+    inference_variant_opts,
 )
 from .measure import current_rss_mb, peak_rss_mb, summarize
 from .report import format_table

@@ -23,11 +23,54 @@ def _torch_dtype(name: str):
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
+def _prod(shape: Any) -> int:
+    out = 1
+    for s in shape:
+        out *= int(s)
+    return out
+
+
+def _extra_formulas() -> dict:
+    """FLOP formulas for the kernels our CPU inference calls that torch's counter does not know.
+
+    oneDNN's fused linear (``mkldnn._linear_pointwise``, the aggregator's inference linears) and the
+    CPU flash attention (``_scaled_dot_product_flash_attention_for_cpu``, forward and backward) would
+    otherwise count as zero, and fp32 inference would look like less work than the same model under
+    autocast (which takes the plain paths). The formulas receive shapes (torch's ``shape_wrapper``).
+    """
+    import torch
+    from torch.utils import flop_counter
+
+    def linear_pointwise(*args, out_shape=None, **kwargs) -> int:
+        # the counter looks formulas up by op packet: (x, w, b, attr, scalars, algorithm) for the plain
+        # overload, (x, other, w, b, attr) for ``.binary``; the attribute string tells them apart
+        x_shape, w_shape = args[0], (args[1] if isinstance(args[3], str) else args[2])
+        return 2 * _prod(x_shape[:-1]) * int(w_shape[0]) * int(w_shape[1])
+
+    def sdpa_cpu(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_flop_count(q_shape, k_shape, v_shape)
+
+    def sdpa_cpu_backward(grad_shape, q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_backward_flop_count(grad_shape, q_shape, k_shape, v_shape)
+
+    formulas: dict = {}
+    mkldnn = getattr(torch.ops, "mkldnn", None)
+    if mkldnn is not None and hasattr(mkldnn, "_linear_pointwise"):
+        formulas[mkldnn._linear_pointwise] = linear_pointwise
+    aten = torch.ops.aten
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        formulas[aten._scaled_dot_product_flash_attention_for_cpu] = sdpa_cpu
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
+        formulas[aten._scaled_dot_product_flash_attention_for_cpu_backward] = sdpa_cpu_backward
+    return formulas
+
+
 def count_flops(fn: Callable[[], Any]) -> float:
-    """FLOPs ``fn()`` executes (forward and, if it runs one, backward), counted by torch's flop counter."""
+    """FLOPs ``fn()`` executes (forward and, if it runs one, backward), counted by torch's flop counter
+    plus the formulas of :func:`_extra_formulas`."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=_extra_formulas()) as counter:
         fn()
     return float(counter.get_total_flops())
 

@@ -7,7 +7,9 @@ Phases (each in its own subprocess by default, so every peak-memory figure is th
 * ``text_cold``      class-name text features with an empty cache (the first start);
 * ``text_cached``    the same from the on-disk cache in a fresh process (every later start);
 * ``inference``      per-image latency and throughput at batch 1 and at ``--batch-size``, its executed
-  FLOPs and, against ``matmul_peak``, the achieved GFLOP/s and fraction of the peak;
+  FLOPs and, against ``matmul_peak``, the achieved GFLOP/s and fraction of the peak; one run per
+  ``--inference-variants`` entry (``default``, ``bf16``, ``fp16``, ``channels_last``, ``compile``),
+  reported as ``inference`` / ``inference:<variant>``;
 * ``train_step``     one optimizer step of the real trainer (SOLVER.* optimizer, clipping, AMP,
   accumulation) on micro-batches of ``--batch-size`` training crops, with the same FLOP figures; one
   run per ``--train-variants`` entry (``default``, ``checkpointing``, ``bf16``, ``accumulate4``,
@@ -65,8 +67,10 @@ __all__ = [
     "OFFICIAL_PHASES",
     "EXTRA_PHASES",
     "TRAIN_VARIANT_OPTS",
+    "INFERENCE_VARIANT_OPTS",
     "BenchmarkSpec",
     "train_variant_opts",
+    "inference_variant_opts",
     "RandomTextFeatures",
     "synthetic_part_vocabulary",
     "run_phase",
@@ -96,6 +100,30 @@ class BenchmarkSpec:
     accuracy_modes: list[str] = field(default_factory=list)  # [] = the default modes
     train_variants: list[str] = field(default_factory=lambda: ["default"])  # train_step runs, see TRAIN_VARIANT_OPTS
     train_variant: str = "default"  # the variant of one train_step run (set per run by run_benchmark)
+    inference_variants: list[str] = field(default_factory=lambda: ["default"])  # see INFERENCE_VARIANT_OPTS
+    inference_variant: str = "default"  # the variant of one inference run
+
+
+#: config options of each inference variant (``--inference-variants``; ``a+b`` applies both)
+INFERENCE_VARIANT_OPTS = {
+    "default": [],
+    "fp32": [],
+    "bf16": ["TEST.AMP", "bf16"],
+    "fp16": ["TEST.AMP", "fp16"],
+    "channels_last": ["MODEL.CHANNELS_LAST", "True"],
+    "compile": ["MODEL.COMPILE", "True"],
+}
+
+
+def inference_variant_opts(variant: str) -> list[str]:
+    """Config options of an ``--inference-variants`` entry such as ``bf16`` or ``bf16+channels_last``."""
+    opts: list[str] = []
+    for part in variant.split("+"):
+        if part not in INFERENCE_VARIANT_OPTS:
+            raise ValueError(f"--inference-variants: unknown variant part {part!r} in {variant!r}; expected "
+                             f"{sorted(INFERENCE_VARIANT_OPTS)}, joined with '+'")
+        opts += INFERENCE_VARIANT_OPTS[part]
+    return opts
 
 
 def train_variant_opts(variant: str, micro_batch: int) -> list[str]:
@@ -278,6 +306,8 @@ def _phase_matmul_peak(spec: BenchmarkSpec) -> dict:
 def _phase_inference(spec: BenchmarkSpec) -> dict:
     import torch
 
+    spec = copy.deepcopy(spec)
+    spec.opts = list(spec.opts) + inference_variant_opts(spec.inference_variant)
     model = _build(spec)
     model.prepare_vocabulary()
     out: dict[str, Any] = {}
@@ -298,6 +328,7 @@ def _phase_inference(spec: BenchmarkSpec) -> dict:
             "images_per_second": bs / statistics.median(times),
         }
     out.update(mem.report())
+    out["variant"] = spec.inference_variant
     out.update(_model_info(model))
     return out
 
@@ -330,7 +361,9 @@ class _StepMeter:
         if it == self.flop_step:
             from torch.utils.flop_counter import FlopCounterMode
 
-            self._counter = FlopCounterMode(display=False)
+            from .flops import _extra_formulas
+
+            self._counter = FlopCounterMode(display=False, custom_mapping=_extra_formulas())
             self._counter.__enter__()
         elif it == self.flop_step + 1:
             self.memory = Memory(self.device)
@@ -544,16 +577,21 @@ def run_benchmark(spec: BenchmarkSpec, phases: Sequence[str] = PHASES, isolate: 
                             "threads": torch.get_num_threads(), "cpu": cpu_name(), "machine": platform.machine()},
             "phases": {},
         }
-        runs = [(name, spec) for name in phases if name != "train_step"]
-        if "train_step" in phases:  # one run per training variant, in the order given
-            at = list(phases).index("train_step")
-            variant_runs = []
-            for variant in spec.train_variants:
-                train_variant_opts(variant, 1)  # an unknown variant fails before anything runs
+        runs: list[tuple[str, BenchmarkSpec]] = []
+        for name in phases:  # inference and train_step: one run per variant, in the order given
+            variants = {"inference": spec.inference_variants, "train_step": spec.train_variants}.get(name)
+            if variants is None:
+                runs.append((name, spec))
+                continue
+            for variant in variants:
                 one = copy.deepcopy(spec)
-                one.train_variant = variant
-                variant_runs.append(("train_step" if variant == "default" else f"train_step:{variant}", one))
-            runs[at:at] = variant_runs
+                if name == "inference":
+                    inference_variant_opts(variant)  # an unknown variant fails before anything runs
+                    one.inference_variant = variant
+                else:
+                    train_variant_opts(variant, 1)
+                    one.train_variant = variant
+                runs.append((name if variant == "default" else f"{name}:{variant}", one))
         for key, run_spec in runs:
             name = key.split(":")[0]
             if log:

@@ -51,8 +51,8 @@ def format_table(report: dict) -> str:
             for dtype, p in res["peaks"].items():
                 rows.append((f"matmul peak {dtype}", f"{p['gflops_best']:.1f} GFLOP/s best (median "
                              f"{p['gflops_median']:.1f}; {p['size']}x{p['size']} mm)", "", "", ""))
-        elif name == "inference":
-            batches("inference", res)
+        elif name.startswith("inference"):
+            batches(name, res)
         elif name == "official":
             parts = res["startup"].get("breakdown_seconds", {})
             rows.append(("official start-up", _fmt_stats(res["startup"]["seconds"]),

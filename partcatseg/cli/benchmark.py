@@ -7,8 +7,8 @@ import sys
 from typing import Optional, Sequence
 
 from .errors import UsageError, run_cli
-from ..benchmark import (EXTRA_PHASES, OFFICIAL_PHASES, PHASES, BenchmarkSpec, format_table, run_benchmark, run_phase,
-                         train_variant_opts)
+from ..benchmark import (EXTRA_PHASES, OFFICIAL_PHASES, PHASES, BenchmarkSpec, format_table, inference_variant_opts,
+                         run_benchmark, run_phase, train_variant_opts)
 
 __all__ = ["build_parser", "main"]
 
@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train_step runs, each in its own process: default, checkpointing (activation checkpointing), "
                         "bf16 / fp16 (SOLVER.AMP), accumulateN (N micro-batches of --batch-size per optimizer step), "
                         "joined with '+', e.g. checkpointing+bf16")
+    p.add_argument("--inference-variants", nargs="+", default=["default"], metavar="VARIANT",
+                   help="inference runs, each in its own process: default (the config), bf16 / fp16 (TEST.AMP), "
+                        "channels_last, compile, joined with '+'")
     p.add_argument("--official-root", default="",
                    help="kaist-cvml/part-catseg checkout: adds the 'official' phase (official procedure, same weights)")
     p.add_argument("--text-cache-dir", default="", help="text-feature cache (default: a fresh temporary directory)")
@@ -76,11 +79,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _main(argv: list) -> int:
     args = build_parser().parse_args(argv)
-    for variant in args.train_variants:
-        try:
+    try:
+        for variant in args.train_variants:
             train_variant_opts(variant, 1)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
+        for variant in args.inference_variants:
+            inference_variant_opts(variant)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     phases = list(args.phases)
     if args.official_root:
         phases += [p for p in OFFICIAL_PHASES if p not in phases]
@@ -89,7 +94,7 @@ def _main(argv: list) -> int:
         image_size=tuple(args.image_size), warmup=args.warmup, repeats=args.repeats, num_classes=args.num_classes,
         text_cache_dir=args.text_cache_dir, official_root=args.official_root, weights=args.weights, seed=args.seed,
         random_text=args.random_text, fixture=args.fixture, accuracy_modes=list(args.accuracy_modes),
-        train_variants=list(args.train_variants),
+        train_variants=list(args.train_variants), inference_variants=list(args.inference_variants),
     )
     report = run_benchmark(spec, phases, isolate=not args.no_isolate, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(format_table(report))
