@@ -464,6 +464,11 @@ def add_framework_config(cfg: CfgNode) -> None:
     cfg.MODEL.CHANNELS_LAST = False
     # torch.compile the encoders and the aggregator in place (first calls pay the compilation).
     cfg.MODEL.COMPILE = False
+    # Activation checkpointing in training: the CLIP and DINOv2 blocks and the aggregator's per-class
+    # steps keep only their inputs and are recomputed in the backward pass -- far less training memory
+    # (the per-class activations dominate it) for about one more forward pass; same gradients.
+    # Inference is unaffected.  PartCATSeg and both CAT-Seg flavours (not PartCLIPSeg).
+    cfg.MODEL.GRADIENT_CHECKPOINTING = False
     # Skip (and log) dataset records whose image/label cannot be read instead of failing.
     cfg.TEST.SKIP_BAD_RECORDS = False
     # Autocast dtype when SOLVER.AMP.ENABLED: "bf16" or "fp16".

@@ -31,6 +31,8 @@ from timm.layers import Mlp
 from timm.models.swin_transformer import window_partition
 from torch import nn
 
+from .grad_checkpoint import checkpointed
+
 __all__ = [
     "shifted_window_mask",
     "window_token_order",
@@ -462,7 +464,11 @@ class ClassTransformerLayer(nn.Module):
 
 
 class AggregatorLayer(nn.Module):
-    """One spatial (Swin) step followed by one class-attention step."""
+    """One spatial (Swin) step followed by one class-attention step.
+
+    ``grad_checkpointing``: in training, each step keeps only its input for the backward pass and is
+    recomputed there (:mod:`.grad_checkpoint`); the per-class Swin activations dominate training memory.
+    """
 
     def __init__(
         self,
@@ -475,8 +481,10 @@ class AggregatorLayer(nn.Module):
         window_size: int,
         attention_type: str,
         pad_len: int = 0,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.grad_checkpointing = grad_checkpointing
         self.swin_block = SwinTransformerBlockWrapper(
             hidden_dim, appearance_guidance_dim, input_resolution, nheads, window_size
         )
@@ -492,10 +500,11 @@ class AggregatorLayer(nn.Module):
         class_chunk: int = 0,
     ) -> torch.Tensor:
         """(B, T, H, W, C) -> (B, T, H, W, C)."""
+        ckpt = self.grad_checkpointing and self.training
         if appearance_guidance is not None:
-            x = self.swin_block(x, appearance_guidance, class_chunk)
+            x = checkpointed(self.swin_block, x, appearance_guidance, class_chunk, enabled=ckpt)
         if text_guidance is not None:
-            x = self.attention(x, text_guidance, class_chunk)
+            x = checkpointed(self.attention, x, text_guidance, class_chunk, enabled=ckpt)
         return x
 
 
@@ -561,7 +570,8 @@ class AggregatorBase(nn.Module):
 
     ``class_chunk`` (> 0) bounds inference memory: per-class steps run over slices of that many
     class maps, i.e. ``class_chunk // batch`` classes of every image (exact, see the module
-    docstring).  It is ignored in training mode.
+    docstring).  It is ignored in training mode.  ``grad_checkpointing`` bounds training memory
+    instead: every aggregation step and decoder stage is checkpointed (:meth:`set_grad_checkpointing`).
     """
 
     def __init__(
@@ -577,8 +587,10 @@ class AggregatorBase(nn.Module):
         hidden_dim: int,
         prompt_channel: int,
         class_chunk: int = 0,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.grad_checkpointing = grad_checkpointing
         self.hidden_dim = hidden_dim
         self.class_chunk = class_chunk
         self.conv1 = nn.Conv2d(prompt_channel, hidden_dim, kernel_size=7, stride=1, padding=3)
@@ -616,6 +628,13 @@ class AggregatorBase(nn.Module):
         if int(value) < 0:
             raise ValueError(f"class_chunk={value!r}; expected 0 (off) or a positive number of classes")
         self._class_chunk = int(value)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Checkpoint the decoder stages and every :class:`AggregatorLayer` (all stages) in training."""
+        self.grad_checkpointing = bool(enable)
+        for module in self.modules():
+            if isinstance(module, AggregatorLayer):
+                module.grad_checkpointing = bool(enable)
 
     def active_chunk(self, batch_size: int = 1) -> int:
         """Classes per slice in effect: 0 (whole vocabulary) in training or when ``class_chunk`` is 0.
@@ -658,13 +677,17 @@ class AggregatorBase(nn.Module):
         """(B, T, h, w, C) aggregated cost -> (B, T, 4h, 4w) logits, optionally over class slices."""
         b, t, h, w, c = x.shape
         terms = [self.decoder1.guidance_term(guidance[0]), self.decoder2.guidance_term(guidance[1])]
+        ckpt = self.grad_checkpointing and self.training
+
+        def last_stage(y: torch.Tensor, g: Optional[torch.Tensor], term: Optional[torch.Tensor]) -> torch.Tensor:
+            return self.head(self.decoder2(y, g, term))
 
         def decode_slice(s: slice) -> torch.Tensor:
             n = s.stop - s.start
             y = _nchw(x[:, s].reshape(b * n, h, w, c))
-            y = self.decoder1(y, guidance[0], terms[0])
-            y = self.decoder2(y, guidance[1], terms[1])
-            y = self.head(y)
+            y = checkpointed(self.decoder1, y, guidance[0], terms[0], enabled=ckpt)
+            # the head shares decoder2's segment: its 4x-resolution input is then not kept
+            y = checkpointed(last_stage, y, guidance[1], terms[1], enabled=ckpt)
             return y.reshape(b, n, *y.shape[-2:])
 
         return over_class_slices(decode_slice, t, class_chunk)

@@ -111,7 +111,11 @@ def build_model(cfg: Any) -> SegmentationModel:
     Load weights afterwards with :class:`partcatseg.checkpoint.Checkpointer`.
     """
     cls = meta_architecture_class(cfg)
-    model = cls(**cls.from_config(cfg))
+    kwargs = cls.from_config(cfg)
+    if cfg.MODEL.GRADIENT_CHECKPOINTING and not kwargs.get("grad_checkpointing"):
+        # a model whose from_config does not pass the key on would silently train without it
+        raise ConfigError(f"MODEL.GRADIENT_CHECKPOINTING=True: {cls.__name__} does not support activation checkpointing")
+    model = cls(**kwargs)
     device = resolve_device(cfg)
     model.to(device)
     logger.info("built %s on %s (%.1fM parameters)", cls.__name__, device, sum(p.numel() for p in model.parameters()) / 1e6)

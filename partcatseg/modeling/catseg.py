@@ -231,6 +231,15 @@ class _CATSegCommon(SegmentationModel):
         backbone = getattr(self, "backbone", None)  # CAT-Seg CVPR has no guidance backbone
         return fill_pretrained(self, clip_and_dinov2(self.clip_model, backbone, self.pretrained_weights), missing)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Checkpoint the CLIP blocks (both towers, where trained), a DINOv2 guidance backbone's blocks and
+        the aggregator's steps in training (a ResNet guidance backbone is not checkpointed)."""
+        self.grad_checkpointing = bool(enable)
+        self.aggregator.set_grad_checkpointing(enable)
+        backbone = getattr(self, "backbone", None)
+        if hasattr(backbone, "set_grad_checkpointing"):
+            backbone.set_grad_checkpointing(enable)
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "templates": len(self.templates), "class_chunk": self.aggregator.class_chunk,
                 "inference_amp": self.inference_amp or "fp32"}
@@ -310,6 +319,7 @@ class CATSeg(_CATSegCommon):
         clip_resolution: CLIP input size (384 for ViT-B/16, 336 otherwise).
         clip_finetune: ``CLIP_FINETUNE`` mode (see :func:`set_catseg_clip_trainable`).
         sliding_window: use the official sliding-window inference (``TEST.SLIDING_WINDOW``).
+        grad_checkpointing: activation checkpointing in training (:meth:`set_grad_checkpointing`).
         text_cache: cache for evaluation text features (keyed by vocabulary and text-tower weights).
     """
 
@@ -339,6 +349,7 @@ class CATSeg(_CATSegCommon):
         channels_last: bool = False,
         compile: bool = False,
         pretrained_weights: Optional[dict[str, str]] = None,
+        grad_checkpointing: bool = False,
     ) -> None:
         if len(guidance_layers) != 2 or list(guidance_layers) != sorted(guidance_layers):
             raise ValueError(f"guidance_layers={tuple(guidance_layers)}; expected two increasing block indices")
@@ -367,6 +378,7 @@ class CATSeg(_CATSegCommon):
         self.upsample2 = nn.ConvTranspose2d(width, 128, kernel_size=4, stride=4)
         self.guidance_layers = tuple(guidance_layers)
         set_catseg_clip_trainable(clip_model, clip_finetune)
+        self.set_grad_checkpointing(grad_checkpointing)
         self._apply_speed_modes(channels_last, compile)
 
     @classmethod
@@ -408,14 +420,16 @@ class CATSeg(_CATSegCommon):
             p.requires_grad for n, p in self.clip_model.named_parameters() if not n.startswith("visual.")
         )
         if trains_text:
-            return encode_class_names(self.clip_model, class_names, self.templates, synonyms="first")
+            return encode_class_names(self.clip_model, class_names, self.templates, synonyms="first",
+                                      grad_checkpointing=self.grad_checkpointing)
         return self.text_cache.get(self.clip_model, class_names, self.templates, synonyms="first")
 
     def extract_features(self, images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Dense CLIP features (B, C, g, g) and the guidance maps [res3 (g), res4 (2g), res5 (4g)]."""
         clip_in = self._clip_input(images)
         dense, captured = encode_image_dense(
-            self.clip_model, clip_in, cls_residual=True, capture_layers=self.guidance_layers
+            self.clip_model, clip_in, cls_residual=True, capture_layers=self.guidance_layers,
+            grad_checkpointing=self.grad_checkpointing and self.training,
         )
         res3 = _tokens_to_map(dense)
         res4 = self.upsample1(_tokens_to_map(captured[0]))
@@ -455,6 +469,7 @@ class CATSegBaseline(_CATSegCommon):
         bg_on: append the background class (``non_object_embedding``) as the last class.
         clip_finetune: pre-CVPR rule (visual tower only, see ``partcatseg.set_clip_trainable``).
         finetune_backbone: train the backbone (official: ``SOLVER.BACKBONE_MULTIPLIER > 0``).
+        grad_checkpointing: activation checkpointing in training (:meth:`set_grad_checkpointing`).
     """
 
     task = "part"
@@ -486,6 +501,7 @@ class CATSegBaseline(_CATSegCommon):
         channels_last: bool = False,
         compile: bool = False,
         pretrained_weights: Optional[dict[str, str]] = None,
+        grad_checkpointing: bool = False,
     ) -> None:
         if aggregator.prompt_channel != len(templates):
             raise ValueError(
@@ -504,6 +520,7 @@ class CATSegBaseline(_CATSegCommon):
         self.bg_weight = bg_weight
         set_clip_trainable(clip_model, clip_finetune)
         backbone.requires_grad_(finetune_backbone)
+        self.set_grad_checkpointing(grad_checkpointing)
         self._apply_speed_modes(channels_last, compile)
 
     @classmethod
@@ -570,7 +587,8 @@ class CATSegBaseline(_CATSegCommon):
 
     def predict_logits(self, images: Sequence[torch.Tensor], text: torch.Tensor) -> torch.Tensor:
         images = [im.to(self.device) for im in images]
-        dense, _ = encode_image_dense(self.clip_model, self._clip_input(images))
+        ckpt = self.grad_checkpointing and self.training
+        dense, _ = encode_image_dense(self.clip_model, self._clip_input(images), grad_checkpointing=ckpt)
         size = (self.backbone.input_size, self.backbone.input_size)
         dino = self.backbone(normalize_pad_resize(images, self.pixel_mean, self.pixel_std, self.size_divisibility, size))
         vis = [dino["res4"], dino["res3"], dino["res2"]]
@@ -597,7 +615,7 @@ class CATSegBaseline(_CATSegCommon):
 # MODEL_KEYS arguments both CAT-Seg generations take.
 _COMMON_ARGS = (
     "ignore_value", "size_divisibility", "sliding_window", "clip_pixel_mean", "clip_pixel_std", "pixel_mean",
-    "pixel_std", "input_format", "inference_amp", "channels_last", "compile",
+    "pixel_std", "input_format", "inference_amp", "channels_last", "compile", "grad_checkpointing",
 )
 
 

@@ -53,6 +53,7 @@ class CATSegAggregator(AggregatorBase):
         prompt_channel: int = 1,
         pad_len: int = 256,
         class_chunk: int = 0,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__(
             text_guidance_dim=text_guidance_dim,
@@ -65,6 +66,7 @@ class CATSegAggregator(AggregatorBase):
             hidden_dim=hidden_dim,
             prompt_channel=prompt_channel,
             class_chunk=class_chunk,
+            grad_checkpointing=grad_checkpointing,
         )
         if pad_len < 0:
             raise ValueError(f"pad_len={pad_len}; expected 0 (off) or a positive class count")
@@ -74,6 +76,7 @@ class CATSegAggregator(AggregatorBase):
             AggregatorLayer(
                 hidden_dim, text_guidance_proj_dim, appearance_guidance_proj_dim, nheads,
                 tuple(feature_resolution), pooling_size, window_size, attention_type, pad_len,
+                grad_checkpointing=grad_checkpointing,
             )
             for _ in range(num_layers)
         )

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .grad_checkpoint import checkpointed
+
 __all__ = [
     "CLIP_ARCHS",
     "build_clip",
@@ -129,6 +131,7 @@ def encode_image_dense(
     *,
     cls_residual: bool = False,
     capture_layers: Sequence[int] = (),
+    grad_checkpointing: bool = False,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Dense CLIP image features ``(B, 1 + h*w, embed_dim)`` for normalised ``images``.
 
@@ -138,7 +141,8 @@ def encode_image_dense(
     CAT-Seg CVPR).  ``ln_post`` and ``proj`` are applied to all tokens.
 
     Returns the dense features and the residual-stream outputs ``(B, 1 + h*w, width)`` of the
-    blocks listed in ``capture_layers``.
+    blocks listed in ``capture_layers``.  ``grad_checkpointing`` checkpoints blocks 0..L-2 one by one
+    when gradients are recorded (training memory; see :mod:`.grad_checkpoint`).
     """
     visual = clip_model.visual
     x = visual.conv1(images)  # B, width, h, w
@@ -153,7 +157,7 @@ def encode_image_dense(
     captured: list[torch.Tensor] = []
     wanted = set(capture_layers)
     for i, block in enumerate(blocks[:-1]):
-        x = block(x)
+        x = checkpointed(block, x, enabled=grad_checkpointing)
         if i in wanted:
             captured.append(x)
 

@@ -62,6 +62,7 @@ MODEL_KEYS: dict[str, str] = {
     "TEST.AMP": "inference_amp",
     "MODEL.CHANNELS_LAST": "channels_last",
     "MODEL.COMPILE": "compile",
+    "MODEL.GRADIENT_CHECKPOINTING": "grad_checkpointing",
 }
 
 

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .grad_checkpoint import checkpointed
+
 __all__ = ["DINOv2Backbone", "interpolate_dinov2_pos_embed"]
 
 
@@ -49,6 +51,7 @@ class DINOv2Backbone(nn.Module):
         input_size: side of the square image fed to DINOv2 (448 -> 32x32 tokens officially).
         out_sizes: output sides for res2, res3, res4 (96, 48, 24 for a 24x24 CLIP grid).
         model_kwargs: extra timm constructor arguments (e.g. a reduced ``embed_dim`` for tests).
+        grad_checkpointing: checkpoint the ViT blocks one by one in training (see :mod:`.grad_checkpoint`).
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class DINOv2Backbone(nn.Module):
         input_size: int = 448,
         out_sizes: tuple[int, int, int] = (96, 48, 24),
         model_kwargs: Optional[dict] = None,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         import timm
@@ -70,6 +74,11 @@ class DINOv2Backbone(nn.Module):
         self.out_sizes = tuple(out_sizes)
         self.patch_size = self.dinov2.patch_embed.patch_size[0]
         self.embed_dim = self.dinov2.embed_dim
+        self.grad_checkpointing = grad_checkpointing
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Checkpoint every block in training (timm's name for the switch; timm's own flag is not used)."""
+        self.grad_checkpointing = bool(enable)
 
     def patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Final-norm patch tokens ``(B, D, h, w)`` of already-normalised, resized images."""
@@ -79,7 +88,11 @@ class DINOv2Backbone(nn.Module):
         x = x.flatten(2).transpose(1, 2)
         x = torch.cat([model.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         x = x + interpolate_dinov2_pos_embed(model.pos_embed, grid)
-        x = model.blocks(x)
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            for block in model.blocks:
+                x = checkpointed(block, x, enabled=True)
+        else:
+            x = model.blocks(x)
         x = model.norm(x)
         tokens = x[:, model.num_prefix_tokens :]
         return tokens.transpose(1, 2).reshape(x.shape[0], -1, *grid)

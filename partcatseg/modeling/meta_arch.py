@@ -51,6 +51,8 @@ class SegmentationModel(nn.Module, abc.ABC):
     #: Where class-name text features come from (``TextFeatureCache``-like: ``get(clip, names, templates,
     #: synonyms)``); None for a model without text features. Tools may swap it (benchmark ``--random-text``).
     text_cache: Any = None
+    #: Activation checkpointing in training (see :meth:`set_grad_checkpointing`).
+    grad_checkpointing: bool = False
 
     def __init__(self, *, train_vocabulary: Vocabulary, test_vocabulary: Vocabulary, input_format: str = "RGB") -> None:
         super().__init__()
@@ -100,6 +102,16 @@ class SegmentationModel(nn.Module, abc.ABC):
         """
         return []
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Turn activation checkpointing in training on or off (``MODEL.GRADIENT_CHECKPOINTING``).
+
+        Checkpointed parts keep only their inputs for the backward pass and run their forward again
+        there: less memory, same gradients.  Models that support it override this.
+        """
+        if enable:
+            raise NotImplementedError(f"{type(self).__name__} does not support activation checkpointing")
+        self.grad_checkpointing = False
+
     def describe(self) -> dict[str, Any]:
         """A few facts for logs and benchmark reports (sub-classes add their own)."""
         vocab = self.vocabulary
@@ -107,6 +119,8 @@ class SegmentationModel(nn.Module, abc.ABC):
         if vocab.has_parts:
             facts.update(objects=len(vocab.objects), generalized_parts=len(vocab.part_classes),
                          generalized_objects=len(vocab.object_classes))
+        if self.grad_checkpointing:
+            facts["grad_checkpointing"] = True
         return facts
 
     @property

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .aggregator import AggregatorBase, AggregatorLayer, cosine_cost, linear, over_class_slices
+from .grad_checkpoint import checkpointed
 
 __all__ = ["PartAggregator"]
 
@@ -40,6 +41,7 @@ class PartAggregator(AggregatorBase):
         attention_type: str = "query",
         prompt_channel: int = 80,
         class_chunk: int = 0,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__(
             text_guidance_dim=text_guidance_dim,
@@ -52,6 +54,7 @@ class PartAggregator(AggregatorBase):
             hidden_dim=hidden_dim,
             prompt_channel=prompt_channel,
             class_chunk=class_chunk,
+            grad_checkpointing=grad_checkpointing,
         )
 
         def stack() -> nn.ModuleList:
@@ -59,6 +62,7 @@ class PartAggregator(AggregatorBase):
                 AggregatorLayer(
                     hidden_dim, text_guidance_proj_dim, appearance_guidance_proj_dim, nheads,
                     tuple(feature_resolution), pooling_size, window_size, attention_type,
+                    grad_checkpointing=grad_checkpointing,
                 )
                 for _ in range(num_layers)
             )
@@ -116,7 +120,10 @@ class PartAggregator(AggregatorBase):
             embed = layer(embed, guidance, text_guidance, chunk)
         part_obj_logits = self.decode(embed, decoder_guidance, chunk) if decode_part_obj else None
 
-        cost_corr = self.specific_cost(embed, text_specific, class_to_part, class_to_object, num_parts, chunk)
+        cost_corr = checkpointed(  # its (classes x 512)-wide features are the largest tensors of stage 2
+            self.specific_cost, embed, text_specific, class_to_part, class_to_object, num_parts, chunk,
+            enabled=self.grad_checkpointing and self.training,
+        )
         cost_embed = self.embed_cost(self.conv2, cost_corr, chunk)
         text_guidance2 = self.project_text(text_specific)
         for layer in self.layers_specific_part:

@@ -82,6 +82,7 @@ class PartCATSeg(SegmentationModel):
         channels_last / compile: the opt-in speed modes of :mod:`partcatseg.modeling.speed`.
         pretrained_weights: ``{"dinov2": ..., "clip": ...}`` weights names or paths that
             :meth:`load_pretrained` reads when training from scratch (never at construction).
+        grad_checkpointing: activation checkpointing in training (:meth:`set_grad_checkpointing`).
     """
 
     task = "part"
@@ -111,6 +112,7 @@ class PartCATSeg(SegmentationModel):
         channels_last: bool = False,
         compile: bool = False,
         pretrained_weights: Optional[dict[str, str]] = None,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__(train_vocabulary=train_vocabulary, test_vocabulary=test_vocabulary, input_format=input_format)
         self.pretrained_weights = dict(pretrained_weights or {})
@@ -134,6 +136,7 @@ class PartCATSeg(SegmentationModel):
         if copy_stage_weights:
             aggregator.copy_stage_weights()
         aggregator.layers_object.requires_grad_(False)
+        self.set_grad_checkpointing(grad_checkpointing)
         autocast_context(self.device, inference_amp)  # validates the mode now, not at the first image
         if channels_last:
             apply_channels_last(self)
@@ -161,12 +164,18 @@ class PartCATSeg(SegmentationModel):
             **config_map.config_values(
                 cfg, config_map.MODEL_KEYS, "ignore_value", "bg_on", "clip_finetune", "pixel_mean", "pixel_std",
                 "clip_pixel_mean", "clip_pixel_std", "size_divisibility", "input_format", "inference_amp",
-                "channels_last", "compile",
+                "channels_last", "compile", "grad_checkpointing",
             ),
         )
 
     def load_pretrained(self, missing=None) -> list[str]:
         return fill_pretrained(self, clip_and_dinov2(self.clip_model, self.backbone, self.pretrained_weights), missing)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Checkpoint the CLIP and DINOv2 blocks and the aggregator's steps (both stages) in training."""
+        self.grad_checkpointing = bool(enable)
+        self.backbone.set_grad_checkpointing(enable)
+        self.aggregator.set_grad_checkpointing(enable)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "stage1_classes": self.vocabulary.num_text_classes_stage1,
@@ -233,7 +242,8 @@ class PartCATSeg(SegmentationModel):
         clip_in = normalize_pad_resize(
             images, self.clip_pixel_mean, self.clip_pixel_std, self.size_divisibility, self.clip_resolution
         )
-        dense, _ = encode_image_dense(self.clip_model, clip_in)
+        ckpt = self.grad_checkpointing and self.training
+        dense, _ = encode_image_dense(self.clip_model, clip_in, grad_checkpointing=ckpt)
         b, n, c = dense.shape
         side = int(round((n - 1) ** 0.5))
         clip_feats = dense[:, 1:].transpose(1, 2).reshape(b, c, side, side)

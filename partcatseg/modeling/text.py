@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .clip import tokenize
+from .grad_checkpoint import checkpointed
 
 __all__ = [
     "encode_tokens",
@@ -38,31 +39,42 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def encode_tokens(clip_model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def encode_tokens(clip_model: nn.Module, tokens: torch.Tensor, grad_checkpointing: bool = False) -> torch.Tensor:
     """CLIP ``encode_text`` over only the first L positions, L = the last end-of-text position + 1.
 
     The text transformer is causal and pools the end-of-text token, so positions after it never
     influence the result: dropping them gives the same embedding for a fraction of the cost
-    (prompts are ~10 tokens of the 77-token context).
+    (prompts are ~10 tokens of the 77-token context).  ``grad_checkpointing`` checkpoints the text
+    blocks one by one when gradients are recorded (CAT-Seg CVPR trains the text tower).
     """
     eot = tokens.argmax(dim=-1)  # the end-of-text id is the largest token id
     length = int(eot.max()) + 1
     x = clip_model.token_embedding(tokens[:, :length])
     x = x + clip_model.positional_embedding[:length]
     mask = clip_model.attn_mask[:length, :length] if clip_model.attn_mask is not None else None
-    x = clip_model.transformer(x, attn_mask=mask)
+    transformer = clip_model.transformer
+    if grad_checkpointing and torch.is_grad_enabled():
+        # open_clip's Transformer.forward, block by block (its own flag would checkpoint no-grad calls too)
+        x = x if transformer.batch_first else x.transpose(0, 1).contiguous()
+        for block in transformer.resblocks:
+            x = checkpointed(block, x, attn_mask=mask, enabled=True)
+        x = x if transformer.batch_first else x.transpose(0, 1)
+    else:
+        x = transformer(x, attn_mask=mask)
     x = clip_model.ln_final(x)
     x = x[torch.arange(x.shape[0], device=x.device), eot]
     return x @ clip_model.text_projection
 
 
-def encode_prompts(clip_model: nn.Module, prompts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+def encode_prompts(
+    clip_model: nn.Module, prompts: Sequence[str], batch_size: int = 256, grad_checkpointing: bool = False
+) -> torch.Tensor:
     """L2-normalised CLIP text embeddings (N, C) of ``prompts`` (gradients flow if enabled)."""
     device = clip_model.token_embedding.weight.device
     out = []
     for start in range(0, len(prompts), batch_size):
         tokens = tokenize(prompts[start : start + batch_size]).to(device)
-        out.append(F.normalize(encode_tokens(clip_model, tokens), dim=-1))
+        out.append(F.normalize(encode_tokens(clip_model, tokens, grad_checkpointing), dim=-1))
     return torch.cat(out, dim=0)
 
 
@@ -71,12 +83,13 @@ def encode_class_names(
     names: Sequence[str],
     templates: Sequence[str],
     synonyms: str = "average",
+    grad_checkpointing: bool = False,
 ) -> torch.Tensor:
     """Text features (T, P, C) for T class names and P templates.
 
     A name ``"a, b"`` holds synonyms: ``synonyms="average"`` averages the normalised embeddings of all
     synonyms per template and re-normalises (PartCATSeg, pre-CVPR CAT-Seg); ``"first"`` keeps only the
-    first synonym (CAT-Seg CVPR).
+    first synonym (CAT-Seg CVPR).  ``grad_checkpointing``: see :func:`encode_tokens`.
     """
     if synonyms not in ("average", "first"):
         raise ValueError(f"synonyms={synonyms!r}; expected 'average' or 'first'")
@@ -89,7 +102,7 @@ def encode_class_names(
         for template in templates:
             spans.append((len(prompts), len(prompts) + len(parts)))
             prompts.extend(template.format(p) for p in parts)
-    emb = encode_prompts(clip_model, prompts)
+    emb = encode_prompts(clip_model, prompts, grad_checkpointing=grad_checkpointing)
     if len(prompts) == len(spans):
         feats = emb
     else:
