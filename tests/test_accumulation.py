@@ -16,7 +16,7 @@ from partcatseg.config import ConfigError, get_cfg, resolve_micro_batches
 from partcatseg.data.build import build_train_loader
 from partcatseg.engine import HookBase, Trainer, comm, launch, seed_all_rng, unwrap_model
 from conftest import REPO
-from test_engine import ToyData, ToyModel, _restore_loggers, make_cfg  # noqa: F401 (autouse fixture)
+from test_engine import ToyData, ToyModel, _restore_loggers, _train_resume_run, make_cfg  # noqa: F401 (autouse fixture)
 
 TOY_CFG = str(REPO / "configs/toy/partcatseg_toy.yaml")
 
@@ -144,24 +144,9 @@ def test_accumulated_step_equals_the_full_batch_step_and_counts_optimizer_steps(
     assert ckpt["trainer"]["rank_states"][0]["data"]["batches_consumed"] == 12
 
 
-class _StopAt(HookBase):
-    def __init__(self, it):
-        self.it = it
-
-    def after_step(self):
-        if self.trainer.iter == self.it:
-            self.trainer.request_stop("test stop")
-
-
-def _resumable_run(out, max_iter=6, stop_at=None, resume=False, init_seed=0):
-    seed_all_rng(init_seed)
-    cfg = make_cfg(out, **{"SOLVER.MAX_ITER": max_iter, "SOLVER.IMS_PER_BATCH": 4, "SOLVER.MICRO_BATCH_SIZE": 2})
-    trainer = Trainer.from_config(cfg, ToyModel(), ToyData(7, batch_size=2))
-    if stop_at is not None:
-        trainer.register_hooks([_StopAt(stop_at)])
-    trainer.resume_or_load(resume=resume)
-    trainer.train()
-    return trainer
+def _resumable_run(out, **kwargs):
+    """test_engine's resume run with 2 micro-batches of 2 images per optimizer step."""
+    return _train_resume_run(out, **kwargs, **{"SOLVER.IMS_PER_BATCH": 4, "SOLVER.MICRO_BATCH_SIZE": 2})
 
 
 def test_resume_with_accumulation_is_bit_identical(tmp_path):

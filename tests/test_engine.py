@@ -423,10 +423,10 @@ def test_training_run_outputs(tmp_path):
                                                        "time:", "data_time:", "max_mem:"))
 
 
-def _train_resume_run(out, max_iter=6, stop_at=None, resume=False, init_seed=0):
+def _train_resume_run(out, max_iter=6, stop_at=None, resume=False, init_seed=0, batch_size=2, **overrides):
     seed_all_rng(init_seed)
-    cfg = make_cfg(out, **{"SOLVER.MAX_ITER": max_iter})
-    trainer = Trainer.from_config(cfg, ToyModel(), ToyData(7))
+    cfg = make_cfg(out, **{"SOLVER.MAX_ITER": max_iter, **overrides})
+    trainer = Trainer.from_config(cfg, ToyModel(), ToyData(7, batch_size=batch_size))
     if stop_at is not None:
         trainer.register_hooks([_StopAt(stop_at)])
     trainer.resume_or_load(resume=resume)
