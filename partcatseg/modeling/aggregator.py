@@ -92,7 +92,7 @@ def _nhwc(x: torch.Tensor) -> torch.Tensor:
 
 # Linear layers at inference go through oneDNN when this torch has it: same math, but on CPUs where
 # MKL's sgemm does not use AVX-512 (AMD) it is 1.2-2x faster, and the GELU/ReLU or the residual add
-# is fused into the matmul.  Training, autocast and non-CPU tensors use F.linear.
+# is fused into the matmul.  Training, fp16 autocast and non-CPU tensors use F.linear.
 ONEDNN_LINEAR = hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available()
 
 
@@ -109,6 +109,33 @@ def _compiling() -> bool:
     return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
+def _onednn_linear_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype]:
+    """The dtype the fused oneDNN linear runs in, or None for ``F.linear``.
+
+    fp32 without autocast; bfloat16 under CPU bf16 autocast (TEST.AMP bf16) when oneDNN has bf16
+    kernels: the operands are cast as autocast would cast them for ``F.linear``, and the GELU/ReLU
+    or residual add is applied to the fp32 accumulator before the one rounding to bf16 (unfused,
+    autocast rounds the matmul to bf16 and then runs GELU in a second pass over memory).
+    """
+    if not ONEDNN_LINEAR or x.device.type != "cpu" or torch.is_grad_enabled() or _compiling():
+        return None
+    if not _autocast_on():
+        return torch.float32 if x.dtype == weight.dtype == torch.float32 else None
+    if _cpu_autocast_dtype() == torch.bfloat16 and _ONEDNN_BF16:
+        return torch.bfloat16
+    return None
+
+
+def _cpu_autocast_dtype() -> torch.dtype:
+    try:
+        return torch.get_autocast_dtype("cpu")
+    except (AttributeError, TypeError):  # torch < 2.4
+        return torch.get_autocast_cpu_dtype()
+
+
+_ONEDNN_BF16 = ONEDNN_LINEAR and bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+
+
 def linear(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -118,18 +145,13 @@ def linear(
     residual: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``activation(x W^T + b)``, or ``residual + x W^T + b``; oneDNN-fused on CPU inference."""
-    if (
-        ONEDNN_LINEAR
-        and x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
-        and not torch.is_grad_enabled()
-        and not _autocast_on()
-        and not _compiling()
-    ):
+    dtype = _onednn_linear_dtype(x, weight)
+    if dtype is not None:
         # oneDNN falls back to a very slow reference kernel for strided operands
-        x, weight = x.contiguous(), weight.contiguous()
+        x, weight = x.to(dtype).contiguous(), weight.to(dtype).contiguous()
+        bias = None if bias is None else bias.to(dtype)
         if residual is not None:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, residual.contiguous(), weight, bias, "add")
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual.to(dtype).contiguous(), weight, bias, "add")
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], "none" if activation == "gelu" else "")
     y = F.linear(x, weight, bias)
     if activation == "gelu":
@@ -182,7 +204,9 @@ def guided_qkv(
         return linear(x, weight, bias)
     g_qk = F.linear(guidance, torch.cat([q.weight[:, c:], k.weight[:, c:]], dim=0), bias[: 2 * c])
     g_term = torch.cat([g_qk, bias[2 * c :].expand(*g_qk.shape[:-1], c)], dim=-1)
-    return linear(x, weight).add_(g_term)
+    y = linear(x, weight)
+    # under autocast the concatenation is fp32: a mixed-dtype in-place add goes through a full copy
+    return y.add_(g_term.to(y.dtype))
 
 
 class WindowAttention(nn.Module):
@@ -351,6 +375,12 @@ def query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: floa
     einsum form).
     """
     qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))  # N H L D
+    if _fast_inference(q):
+        # Scores stored transposed (N H S L): the softmax over queries runs along contiguous
+        # memory, and the steps work in place (~25% faster on a CPU; equal up to ~3e-7).
+        weights = torch.matmul(kh, qh.transpose(-1, -2)).div_(q.shape[-1] ** 0.5).softmax(dim=-1).add_(eps)
+        weights.div_(weights.sum(dim=-2, keepdim=True))
+        return torch.matmul(weights.transpose(-1, -2), vh).transpose(1, 2)
     scores = torch.matmul(qh, kh.transpose(-1, -2)) / q.shape[-1] ** 0.5  # N H L S
     weights = scores.softmax(dim=-2) + eps
     weights = weights / weights.sum(dim=-1, keepdim=True)
@@ -451,6 +481,9 @@ class ClassTransformerLayer(nn.Module):
         if padded:
             tokens = tokens[:, :, :t]
 
+        if (hp, wp) != (h, w) and _fast_inference(x):
+            return _upsample_add(x, tokens, hp, wp, class_chunk)
+
         def add_upsampled(s: slice) -> torch.Tensor:
             n = s.stop - s.start
             up = _nchw(tokens[:, :, s].transpose(1, 2).reshape(b * n, hp, wp, c))
@@ -459,6 +492,45 @@ class ClassTransformerLayer(nn.Module):
             return x[:, s] + _nhwc(up).reshape(b, n, h, w, c)
 
         return over_class_slices(add_upsampled, t, class_chunk)
+
+
+def _fast_inference(x: torch.Tensor) -> bool:
+    """Inference-only rewrites (same math, float re-association only) apply: fp32, no autograd,
+    no autocast and not under ``torch.compile`` (which fuses on its own).  Training keeps the
+    reference formulation."""
+    return x.dtype == torch.float32 and not torch.is_grad_enabled() and not _autocast_on() and not _compiling()
+
+
+def _bilinear_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
+    """(n_out, n_in) weights of 1-D bilinear resizing with ``align_corners=True``, read off
+    ``F.interpolate`` of an identity (so they are exactly the kernel's own interpolation weights)."""
+    eye = torch.eye(n_in, dtype=like.dtype, device=like.device).view(1, n_in, n_in, 1)
+    return F.interpolate(eye, size=(n_out, 1), mode="bilinear", align_corners=True)[0, :, :, 0].t().contiguous()
+
+
+def _upsample_add(x: torch.Tensor, tokens: torch.Tensor, hp: int, wp: int, class_chunk: int) -> torch.Tensor:
+    """``x + bilinear_upsample(tokens)`` for (B, T, H, W, C) ``x`` and (B, hp*wp, T, C) pooled tokens.
+
+    Bilinear resizing is separable, so it is two small matrix products per class (rows, then
+    columns) written straight into the output, the second one adding ``x`` on the way
+    (``baddbmm``).  ``F.interpolate`` on channels-last maps plus the add and the re-arranging
+    copies around it cost about twice as much on a CPU.  Equal to the reference up to float
+    re-association (~1e-7).
+    """
+    b, t, h, w, c = x.shape
+    rows, cols = _bilinear_matrix(hp, h, x), _bilinear_matrix(wp, w, x)
+    out = torch.empty_like(x)
+    for s in class_slices(t, class_chunk):
+        n = s.stop - s.start
+        tok = tokens[:, :, s].transpose(1, 2).reshape(b * n, hp, wp * c)
+        y = torch.matmul(rows, tok).view(b * n * h, wp, c)  # rows resized: (B n h) x wp x C
+        args = (x[:, s].reshape(b * n * h, w, c), cols.expand(b * n * h, w, wp), y)
+        dst = out[:, s]
+        if dst.is_contiguous():  # batch 1: the slice is a block of the output
+            torch.baddbmm(*args, out=dst.view(b * n * h, w, c))
+        else:
+            dst.copy_(torch.baddbmm(*args).view(b, n, h, w, c))
+    return out
 
 
 class AggregatorLayer(nn.Module):
