@@ -157,7 +157,7 @@ class PartAggregator(AggregatorBase):
         text = F.normalize(text_specific, dim=-1)
         t2, p = text.shape[1:3]
 
-        if _fast_inference(embed) and embed.device.type == "cpu":  # a loop over classes: CPU only
+        if _fast_inference(embed, autocast=True) and embed.device.type == "cpu":  # a loop over classes: CPU only
             return _specific_cost_inference(part_side, obj_side, part_index, obj_index, text, class_chunk)
 
         def cost(s: slice) -> torch.Tensor:
