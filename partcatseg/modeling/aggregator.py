@@ -20,6 +20,11 @@ re-association (~1e-6; the parity tests hold).
 Every step except the class attention acts on each class independently, so ``class_chunk`` (set by
 the meta-architecture from ``TEST.CLASS_CHUNK``) runs those steps over slices of classes at
 inference: identical numbers, memory bounded by the chunk size instead of the vocabulary size.
+
+At inference (no autograd, see ``_fast_inference``) a few steps take a faster formulation of the
+same math -- the class attention's upsampling as two small matmuls, its softmax along contiguous
+memory, Swin slices written straight into the output, the guidance q/k/v term fused into the matmul
+under bf16 -- equal to the training formulation up to float re-association (~1e-7).
 """
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ __all__ = [
     "class_slices",
     "over_class_slices",
     "guided_qkv",
+    "guidance_qkv_term",
     "linear",
 ]
 
@@ -94,7 +100,7 @@ def _nhwc(x: torch.Tensor) -> torch.Tensor:
 
 # Linear layers at inference go through oneDNN when this torch has it: same math, but on CPUs where
 # MKL's sgemm does not use AVX-512 (AMD) it is 1.2-2x faster, and the GELU/ReLU or the residual add
-# is fused into the matmul.  Training, autocast and non-CPU tensors use F.linear.
+# is fused into the matmul.  Training, fp16 autocast and non-CPU tensors use F.linear.
 ONEDNN_LINEAR = hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available()
 
 
@@ -111,6 +117,33 @@ def _compiling() -> bool:
     return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
+def _onednn_linear_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype]:
+    """The dtype the fused oneDNN linear runs in, or None for ``F.linear``.
+
+    fp32 without autocast; bfloat16 under CPU bf16 autocast (TEST.AMP bf16) when oneDNN has bf16
+    kernels: the operands are cast as autocast would cast them for ``F.linear``, and the GELU/ReLU
+    or residual add is applied to the fp32 accumulator before the one rounding to bf16 (unfused,
+    autocast rounds the matmul to bf16 and then runs GELU in a second pass over memory).
+    """
+    if not ONEDNN_LINEAR or x.device.type != "cpu" or torch.is_grad_enabled() or _compiling():
+        return None
+    if not _autocast_on():
+        return torch.float32 if x.dtype == weight.dtype == torch.float32 else None
+    if _cpu_autocast_dtype() == torch.bfloat16 and _ONEDNN_BF16:
+        return torch.bfloat16
+    return None
+
+
+def _cpu_autocast_dtype() -> torch.dtype:
+    try:
+        return torch.get_autocast_dtype("cpu")
+    except (AttributeError, TypeError):  # torch < 2.4
+        return torch.get_autocast_cpu_dtype()
+
+
+_ONEDNN_BF16 = ONEDNN_LINEAR and bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+
+
 def linear(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -120,18 +153,13 @@ def linear(
     residual: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``activation(x W^T + b)``, or ``residual + x W^T + b``; oneDNN-fused on CPU inference."""
-    if (
-        ONEDNN_LINEAR
-        and x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
-        and not torch.is_grad_enabled()
-        and not _autocast_on()
-        and not _compiling()
-    ):
+    dtype = _onednn_linear_dtype(x, weight)
+    if dtype is not None:
         # oneDNN falls back to a very slow reference kernel for strided operands
-        x, weight = x.contiguous(), weight.contiguous()
+        x, weight = x.to(dtype).contiguous(), weight.to(dtype).contiguous()
+        bias = None if bias is None else bias.to(dtype)
         if residual is not None:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, residual.contiguous(), weight, bias, "add")
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual.to(dtype).contiguous(), weight, bias, "add")
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], "none" if activation == "gelu" else "")
     y = F.linear(x, weight, bias)
     if activation == "gelu":
@@ -170,21 +198,39 @@ def window_token_order(h: int, w: int, window: int, shift: int) -> torch.Tensor:
 
 
 def guided_qkv(
-    x: torch.Tensor, guidance: Optional[torch.Tensor], q: nn.Linear, k: nn.Linear, v: nn.Linear
+    x: torch.Tensor,
+    guidance: Optional[torch.Tensor],
+    q: nn.Linear,
+    k: nn.Linear,
+    v: nn.Linear,
+    term: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Fused ``[q | k | v]`` where ``q``/``k`` see ``[x || guidance]`` and ``v`` sees ``x`` only.
 
     ``W [x; g] = W_x x + W_g g``: the guidance term is projected on the guidance's own (broadcastable,
-    smaller) shape once and added, instead of concatenating the guidance to every token.
+    smaller) shape once and added, instead of concatenating the guidance to every token.  ``term``
+    is that projection (:func:`guidance_qkv_term`) computed beforehand; given at the output's full
+    shape, it is added inside the matmul (oneDNN's fused add).
     """
     c = v.in_features
     weight = torch.cat([q.weight[:, :c], k.weight[:, :c], v.weight], dim=0)
+    if term is None and guidance is None:
+        return linear(x, weight, torch.cat([q.bias, k.bias, v.bias]))
+    if term is None:
+        term = guidance_qkv_term(guidance, q, k, v)
+    if term.shape == (*x.shape[:-1], 3 * c):
+        return linear(x, weight, residual=term)
+    y = linear(x, weight)
+    # under autocast the term is fp32: a mixed-dtype in-place add goes through a full copy
+    return y.add_(term.to(y.dtype))
+
+
+def guidance_qkv_term(guidance: torch.Tensor, q: nn.Linear, k: nn.Linear, v: nn.Linear) -> torch.Tensor:
+    """The part of :func:`guided_qkv` that does not depend on ``x``: ``[W_g g + b_q,k | b_v]``."""
+    c = v.in_features
     bias = torch.cat([q.bias, k.bias, v.bias])
-    if guidance is None:
-        return linear(x, weight, bias)
     g_qk = F.linear(guidance, torch.cat([q.weight[:, c:], k.weight[:, c:]], dim=0), bias[: 2 * c])
-    g_term = torch.cat([g_qk, bias[2 * c :].expand(*g_qk.shape[:-1], c)], dim=-1)
-    return linear(x, weight).add_(g_term)
+    return torch.cat([g_qk, bias[2 * c :].expand(*g_qk.shape[:-1], c)], dim=-1)
 
 
 class WindowAttention(nn.Module):
@@ -203,13 +249,15 @@ class WindowAttention(nn.Module):
         self.v = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
 
-    def project_qkv(self, x: torch.Tensor, guidance: Optional[torch.Tensor]) -> torch.Tensor:
+    def project_qkv(
+        self, x: torch.Tensor, guidance: Optional[torch.Tensor], term: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """Fused ``[q | k | v]`` (B, T, N, 3C) of (B, T, N, C) tokens and (B, 1, N, G) guidance.
 
         The guidance term is the same for every class, so it is projected once per image and
-        broadcast over the class axis.
+        broadcast over the class axis (``term``: that projection, precomputed).
         """
-        return guided_qkv(x, guidance, self.q, self.k, self.v)
+        return guided_qkv(x, guidance, self.q, self.k, self.v, term)
 
     def attend(self, qkv: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         """Multi-head attention within windows: (N, L, 3C) -> (N, L, C) (before ``proj``)."""
@@ -258,14 +306,17 @@ class SwinTransformerBlock(nn.Module):
             return None
         return self.attn_mask.to(dtype).unsqueeze(1).repeat(num_maps, 1, 1, 1)
 
-    def windowed(self, x: torch.Tensor, guidance: Optional[torch.Tensor]) -> torch.Tensor:
+    def windowed(
+        self, x: torch.Tensor, guidance: Optional[torch.Tensor], term: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """The block on tokens already in window order (``token_order``): (B, T, H*W, C) -> same.
 
         Everything but the attention acts per token, so the whole block runs in window order and
-        only the (C-wide) input and output are permuted, not the 3C-wide q/k/v.
+        only the (C-wide) input and output are permuted, not the 3C-wide q/k/v.  ``term``: the
+        guidance's q/k/v term, precomputed (see :meth:`SwinTransformerBlockWrapper.forward`).
         """
         b, t, n, c = x.shape
-        qkv = self.attn.project_qkv(self.norm1(x), guidance)  # B T HW 3C
+        qkv = self.attn.project_qkv(self.norm1(x), guidance, term)  # B T HW 3C
         length = self.window_size * self.window_size
         out = self.attn.attend(qkv.view(-1, length, 3 * c), self._window_mask(b * t, qkv.dtype))
         x = linear(out.view(b, t, n, c), self.attn.proj.weight, self.attn.proj.bias, residual=x)
@@ -324,14 +375,44 @@ class SwinTransformerBlockWrapper(nn.Module):
             g1 = _gather_tokens(g, self.block_1.token_order)
             g2 = _gather_tokens(g, self.block_2.token_order)
 
+        terms = self._bf16_qkv_terms(x, g1, g2, class_chunk)
+
         def pair(x_slice: torch.Tensor) -> torch.Tensor:
             n = x_slice.shape[1]
+            t1, t2 = (None if term is None else term[:, :n] for term in terms)
             y = _gather_tokens(x_slice.reshape(b, n, h * w, c), self.block_1.token_order)
-            y = self.block_1.windowed(y, g1)
-            y = self.block_2.windowed(_gather_tokens(y, self.order_between), g2)
-            return _gather_tokens(y, self.block_2.token_restore).view(b, n, h, w, c)
+            y = self.block_1.windowed(y, g1, t1)
+            return self.block_2.windowed(_gather_tokens(y, self.order_between), g2, t2)
 
-        return over_class_slices(lambda s: pair(x[:, s]), t, class_chunk)
+        restore = self.block_2.token_restore
+        slices = class_slices(t, class_chunk)
+        if restore is not None and b == 1 and len(slices) > 1 and _fast_inference(x, autocast=True):
+            # the last token permutation writes each slice straight into the output (no copy)
+            out = None
+            for s in slices:
+                y = pair(x[:, s])
+                if out is None:
+                    out = y.new_empty((b, t, h * w, c))
+                torch.index_select(y, 2, restore, out=out[:, s])
+            return out.view(b, t, h, w, c)
+        return over_class_slices(lambda s: _gather_tokens(pair(x[:, s]), restore).view(b, s.stop - s.start, h, w, c),
+                                 t, class_chunk)
+
+    def _bf16_qkv_terms(
+        self, x: torch.Tensor, g1: Optional[torch.Tensor], g2: Optional[torch.Tensor], class_chunk: int
+    ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Under bf16 autocast at inference on a CPU: each block's guidance q/k/v term, projected
+        once per image and expanded to a class slice's full shape, so that every slice's q/k/v
+        matmul adds it in oneDNN (a separate broadcast add over bf16 costs twice that matmul).
+        Otherwise (None, None): fp32 adds the broadcast term itself, as fast as the fused add."""
+        probe = self.block_1.attn.v.weight
+        if g1 is None or not _fast_inference(x, autocast=True) or _onednn_linear_dtype(x, probe) != torch.bfloat16:
+            return None, None
+        b, t = x.shape[:2]
+        n = class_slices(t, class_chunk)[0].stop
+        pairs = ((self.block_1.attn, g1), (self.block_2.attn, g2))
+        terms = (guidance_qkv_term(g, attn.q, attn.k, attn.v) for attn, g in pairs)
+        return tuple(term.expand(b, n, -1, -1).to(torch.bfloat16).contiguous() for term in terms)
 
 
 def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -353,6 +434,12 @@ def query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: floa
     einsum form).
     """
     qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))  # N H L D
+    if _fast_inference(q, autocast=True):
+        # Scores stored transposed (N H S L): the softmax over queries runs along contiguous
+        # memory, and the steps work in place (~25% faster on a CPU; equal up to ~3e-7).
+        weights = torch.matmul(kh, qh.transpose(-1, -2)).div_(q.shape[-1] ** 0.5).softmax(dim=-1).add_(eps)
+        weights.div_(weights.sum(dim=-2, keepdim=True))
+        return torch.matmul(weights.transpose(-1, -2), vh).transpose(1, 2)
     scores = torch.matmul(qh, kh.transpose(-1, -2)) / q.shape[-1] ** 0.5  # N H L S
     weights = scores.softmax(dim=-2) + eps
     weights = weights / weights.sum(dim=-1, keepdim=True)
@@ -453,6 +540,9 @@ class ClassTransformerLayer(nn.Module):
         if padded:
             tokens = tokens[:, :, :t]
 
+        if (hp, wp) != (h, w) and _fast_inference(x):
+            return _upsample_add(x, tokens, hp, wp, class_chunk)
+
         def add_upsampled(s: slice) -> torch.Tensor:
             n = s.stop - s.start
             up = _nchw(tokens[:, :, s].transpose(1, 2).reshape(b * n, hp, wp, c))
@@ -461,6 +551,47 @@ class ClassTransformerLayer(nn.Module):
             return x[:, s] + _nhwc(up).reshape(b, n, h, w, c)
 
         return over_class_slices(add_upsampled, t, class_chunk)
+
+
+def _fast_inference(x: torch.Tensor, autocast: bool = False) -> bool:
+    """Inference-only rewrites (same math, float re-association only) apply: no autograd, not
+    under ``torch.compile`` (which fuses on its own), fp32 -- or any autocast if ``autocast``.
+    Training keeps the reference formulation."""
+    if torch.is_grad_enabled() or _compiling():
+        return False
+    return autocast if _autocast_on() else x.dtype == torch.float32
+
+
+def _bilinear_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
+    """(n_out, n_in) weights of 1-D bilinear resizing with ``align_corners=True``, read off
+    ``F.interpolate`` of an identity (so they are exactly the kernel's own interpolation weights)."""
+    eye = torch.eye(n_in, dtype=like.dtype, device=like.device).view(1, n_in, n_in, 1)
+    return F.interpolate(eye, size=(n_out, 1), mode="bilinear", align_corners=True)[0, :, :, 0].t().contiguous()
+
+
+def _upsample_add(x: torch.Tensor, tokens: torch.Tensor, hp: int, wp: int, class_chunk: int) -> torch.Tensor:
+    """``x + bilinear_upsample(tokens)`` for (B, T, H, W, C) ``x`` and (B, hp*wp, T, C) pooled tokens.
+
+    Bilinear resizing is separable, so it is two small matrix products per class (rows, then
+    columns) written straight into the output, the second one adding ``x`` on the way
+    (``baddbmm``).  ``F.interpolate`` on channels-last maps plus the add and the re-arranging
+    copies around it cost about twice as much on a CPU.  Equal to the reference up to float
+    re-association (~1e-7).
+    """
+    b, t, h, w, c = x.shape
+    rows, cols = _bilinear_matrix(hp, h, x), _bilinear_matrix(wp, w, x)
+    out = torch.empty_like(x)
+    for s in class_slices(t, class_chunk):
+        n = s.stop - s.start
+        tok = tokens[:, :, s].transpose(1, 2).reshape(b * n, hp, wp * c)
+        y = torch.matmul(rows, tok).view(b * n * h, wp, c)  # rows resized: (B n h) x wp x C
+        args = (x[:, s].reshape(b * n * h, w, c), cols.expand(b * n * h, w, wp), y)
+        dst = out[:, s]
+        if dst.is_contiguous():  # batch 1: the slice is a block of the output
+            torch.baddbmm(*args, out=dst.view(b * n * h, w, c))
+        else:
+            dst.copy_(torch.baddbmm(*args).view(b, n, h, w, c))
+    return out
 
 
 class AggregatorLayer(nn.Module):

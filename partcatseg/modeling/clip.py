@@ -157,18 +157,56 @@ def encode_image_dense(
     captured: list[torch.Tensor] = []
     wanted = set(capture_layers)
     for i, block in enumerate(blocks[:-1]):
-        x = checkpointed(block, x, enabled=grad_checkpointing)
+        # inference: the SDPA rewrite of the block; training: the block itself, checkpointed when asked for
+        x = _block_inference(block, x) if _sdpa_block(block, x) else checkpointed(block, x, enabled=grad_checkpointing)
         if i in wanted:
             captured.append(x)
 
     last = blocks[-1]
     attn = last.attn
-    _, _, v = F.linear(last.ln_1(x), in_proj_weight(attn), attn.in_proj_bias).chunk(3, dim=-1)
+    width = x.shape[-1]  # only the value third of the input projection is used
+    v = F.linear(last.ln_1(x), in_proj_weight(attn)[2 * width :], attn.in_proj_bias[2 * width :])
     v = F.linear(v, attn.out_proj.weight, attn.out_proj.bias)
     x = v + (x[:, :1] if cls_residual else x)
     x = x + last.mlp(last.ln_2(x))
     x = visual.ln_post(x) @ visual.proj
     return x, captured
+
+
+def _sdpa_block(block: nn.Module, x: torch.Tensor) -> bool:
+    """Whether :func:`_block_inference` may replace ``block(x)``: inference (no autograd) on a
+    plain open_clip residual block with batch-first self-attention."""
+    attn = getattr(block, "attn", None)
+    return (
+        not torch.is_grad_enabled()
+        and not block.training
+        and isinstance(attn, nn.MultiheadAttention)
+        and attn.batch_first
+        and attn.bias_k is None
+        and not attn.add_zero_attn
+        and attn.in_proj_bias is not None
+        and not hasattr(block, "ln_1_kv")
+        and all(hasattr(block, name) for name in ("ln_1", "ls_1", "ln_2", "mlp", "ls_2"))
+        and x.dim() == 3
+    )
+
+
+def _block_inference(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``block(x)`` for an unmasked open_clip residual block, attention through
+    ``scaled_dot_product_attention``.
+
+    At inference ``nn.MultiheadAttention`` takes its native fast path, which on a CPU computes the
+    attention with two batched matmuls and a separate softmax; the fused SDPA kernel is ~1.7x
+    faster there (577 tokens, 12 heads).  Same math, float re-association only (~1e-7).
+    """
+    attn = block.attn
+    b, n, d = x.shape
+    heads = attn.num_heads
+    qkv = F.linear(block.ln_1(x), in_proj_weight(attn), attn.in_proj_bias)
+    q, k, v = qkv.view(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
+    x = x + block.ls_1(F.linear(y, attn.out_proj.weight, attn.out_proj.bias))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
 _TOKENIZER = None
