@@ -171,12 +171,20 @@ def test_loader_and_trainer_must_agree_on_accumulation(tmp_path):
 # ------------------------------------------------------------------------------------ real DDP
 def _toy_step_main(out_file: str, dataset_root: str, micro: int) -> None:
     """One optimizer step of the toy PartCATSeg at IMS_PER_BATCH 4; rank 0 saves the gradients."""
-    from partcatseg.config import setup_cfg
     from partcatseg.data.datasets.registry import set_dataset_root
+
+    previous = set_dataset_root(dataset_root)  # restored below: the single-process run is this test process
+    try:
+        _toy_step(out_file, micro)
+    finally:
+        set_dataset_root(previous)
+
+
+def _toy_step(out_file: str, micro: int) -> None:
+    from partcatseg.config import setup_cfg
     from partcatseg.engine.runner import train_loader_from_config
     from partcatseg.modeling import build_model
 
-    set_dataset_root(dataset_root)
     cfg = setup_cfg(TOY_CFG, ["MODEL.DEVICE", "cpu", "MODEL.TEXT_CACHE_DIR", os.path.join(os.path.dirname(out_file),
                               f"text{comm.get_rank()}"), "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MICRO_BATCH_SIZE",
                               str(micro), "SOLVER.MAX_ITER", "1", "SOLVER.CHECKPOINT_PERIOD", "1000", "SEED", "11",

@@ -111,11 +111,11 @@ def matmul_peak(device: str, dtype: str, size: Optional[int] = None, repeats: in
 
 
 def _rate(gflop: float, seconds: float, peaks: dict, dtype: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"gflop": round(gflop, 3), "gflops_per_second": round(gflop / seconds, 2),
-                           "compute_dtype": dtype}
+    # unrounded: a small model's rates are fractions of a GFLOP/s
+    out: dict[str, Any] = {"gflop": gflop, "gflops_per_second": gflop / seconds, "compute_dtype": dtype}
     peak = peaks.get(dtype)
     if peak:
-        out["fraction_of_peak"] = round(gflop / seconds / peak["gflops_best"], 4)
+        out["fraction_of_peak"] = gflop / seconds / peak["gflops_best"]
     return out
 
 
