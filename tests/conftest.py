@@ -1,7 +1,6 @@
 """Shared test fixtures: tiny model configs and paths to the copied reference data."""
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import subprocess
@@ -13,7 +12,7 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 DATA = TESTS / "data"
-sys.path.insert(0, str(TESTS))  # tests/weights_rule.py
+sys.path.insert(0, str(TESTS))  # helper modules: tests/weights_rule.py, tests/filewrap.py
 
 # A reduced-width PartCATSeg built from the same code: 6x6 feature grid, tiny CLIP and DINOv2.
 TINY_OPTS = [
@@ -101,25 +100,3 @@ def logs():
     yield got
     lg.removeHandler(handler)
     lg.setLevel(old)
-
-
-class FullDisk:
-    """A file whose file system accepts ``room`` bytes, then fails every write with ENOSPC (tests of full disks)."""
-
-    def __init__(self, f, room: int = 1024):
-        self.f, self.n, self.room = f, 0, room
-
-    def write(self, b):
-        if self.n + len(b) > self.room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.n += len(b)
-        return self.f.write(b)
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()

@@ -7,9 +7,12 @@ import os
 import pytest
 from conftest import REPO, TINY_OPTS
 
+import partcatseg.cli.benchmark as benchmark_cli
 from partcatseg.benchmark import (
+    INFERENCE_VARIANT_OPTS,
     PHASES,
     SCHEMA,
+    TRAIN_VARIANT_OPTS,
     BenchmarkSpec,
     format_table,
     peak_rss_mb,
@@ -124,6 +127,20 @@ def test_cli_isolated_phase_writes_json(tmp_path, capsys):
     # measured in a child process: its own peak, not this test process's
     assert report["phases"]["inference"]["peak_is_section"] in (True, False)
     assert "inference batch 2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("option, entry, expected", [
+    ("--train-variants", "bf16+nosuch", f"{sorted(TRAIN_VARIANT_OPTS)} or accumulateN"),
+    ("--inference-variants", "nosuch", f"{sorted(INFERENCE_VARIANT_OPTS)}"),
+])
+def test_cli_unknown_variant_is_one_usage_line_before_any_work(option, entry, expected, capsys, monkeypatch):
+    # a typo in a variant list must not cost a model build (or, for a later variant, a whole run) first
+    monkeypatch.setattr(benchmark_cli, "run_benchmark", lambda *a, **k: pytest.fail("benchmark ran"))
+    assert main(["--config-file", CONFIG, "--phases", "inference", option, "default", entry]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (f"benchmark.py: error: {option}: unknown variant part 'nosuch' in {entry!r}; "
+                   f"expected {expected}, joined with '+'\n")
 
 
 def test_official_phase_needs_an_official_checkout(tmp_path):

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, FullDisk
+from conftest import REPO
+from filewrap import FullDisk
 from torch import nn
 
 import partcatseg.checkpoint as ck
@@ -508,29 +509,21 @@ KILLED_SAVE = textwrap.dedent("""
     import os, sys, time, torch
     sys.path.insert(0, sys.argv[2])
     import partcatseg.checkpoint as ck
+    from filewrap import FileWrapper
     from test_checkpoint_safety import Net
     out, paused = sys.argv[1], sys.argv[3]
     ckpt = ck.Checkpointer(Net(1), out)
     ckpt.save("model_0000001", iteration=1)
     real_open = ck._open_for_write
 
-    class Hang:
-        def __init__(self, f):
-            self.f, self.n = f, 0
+    class Hang(FileWrapper):  # past 2000 bytes: flushes, signals the test, and waits to be killed
         def write(self, b):
-            n = self.f.write(b)
-            self.n += len(b)
+            n = super().write(b)
             if self.n > 2000:
                 self.f.flush()
                 open(paused, "w").close()
                 time.sleep(600)
             return n
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-        def __enter__(self):
-            return self
-        def __exit__(self, *exc):
-            self.f.close()
 
     ck._open_for_write = lambda fd: Hang(real_open(fd))
     ckpt.save("model_0000002", iteration=2)

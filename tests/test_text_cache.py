@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, FullDisk
+from conftest import REPO
+from filewrap import FullDisk
 
 import partcatseg.checkpoint as ckpt_mod
 from partcatseg.modeling import text as text_mod
@@ -260,17 +261,16 @@ def test_read_only_directory_one_warning_memory_cache_and_existing_entries_still
 WRITER_SCRIPT = textwrap.dedent("""
     import os, sys, time, torch
     import partcatseg.checkpoint as ck
+    from filewrap import FileWrapper
     from partcatseg.modeling.text import TextFeatureCache, _cache_entry
     cache_dir, key, value, mode, paused, go = sys.argv[1:]
     feats = torch.full((8, 10, 512), float(value))
     real_open = ck._open_for_write
 
-    class PauseHalfway:
-        def __init__(self, f):
-            self.f, self.n, self.done = f, 0, False
+    class PauseHalfway(FileWrapper):  # once, past 100 kB: flushes, signals the test, waits for its go
+        done = False
         def write(self, b):
-            n = self.f.write(b)
-            self.n += len(b)
+            n = super().write(b)
             if not self.done and self.n > 100_000 and paused != "-":
                 self.done = True
                 self.f.flush()
@@ -278,12 +278,6 @@ WRITER_SCRIPT = textwrap.dedent("""
                 while not os.path.exists(go):
                     time.sleep(0.01)
             return n
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-        def __enter__(self):
-            return self
-        def __exit__(self, *exc):
-            self.f.close()
 
     path = os.path.join(cache_dir, key + ".pt")
     if mode == "atomic":
@@ -299,7 +293,7 @@ WRITER_SCRIPT = textwrap.dedent("""
 def _writer(cache_dir, key, value, mode, paused="-", go="-"):
     return subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, str(cache_dir), key, str(value), mode,
                              str(paused), str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+                            env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")])))
 
 
 def _wait_for(path: Path, proc, timeout=120):

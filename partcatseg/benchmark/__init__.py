@@ -13,9 +13,11 @@ The benchmark talks to models only through the model protocol (``partcatseg.mode
 from . import phases
 from .phases import (
     EXTRA_PHASES,
+    INFERENCE_VARIANT_OPTS,
     OFFICIAL_PHASES,
     PHASES,
     SCHEMA,
+    TRAIN_VARIANT_OPTS,
     BenchmarkSpec,
     RandomTextFeatures,
     run_benchmark,

@@ -8,6 +8,7 @@ work and is counted.
 """
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, Callable, Optional
 
@@ -30,8 +31,13 @@ def _prod(shape: Any) -> int:
     return out
 
 
+@functools.lru_cache(maxsize=None)
 def _extra_formulas() -> dict:
     """FLOP formulas for the kernels our CPU inference calls that torch's counter does not know.
+
+    Built once per process, on first use (the ops it looks up are registered when torch loads), so that
+    repeated ``count_flops`` calls do not redo the look-ups. The dict is shared: callers must not modify
+    it (``FlopCounterMode`` copies its ``custom_mapping``).
 
     oneDNN's fused linear (``mkldnn._linear_pointwise``, the aggregator's inference linears) and the
     CPU flash attention (``_scaled_dot_product_flash_attention_for_cpu``, forward and backward) would

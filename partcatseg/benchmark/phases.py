@@ -333,51 +333,51 @@ def _phase_inference(spec: BenchmarkSpec) -> dict:
     return out
 
 
-class _StepMeter:
-    """Trainer hook: warm-up steps, one FLOP-counted step, then timed steps with their own peak memory."""
+def _step_meter(device: str, warmup: int) -> Any:
+    """The train-step phase's trainer hook: warm-up steps, one FLOP-counted step, then timed steps with
+    their own peak memory.
 
-    def __init__(self, device: str, warmup: int) -> None:
-        self.device, self.warmup = device, max(1, warmup)  # the first step computes text features: never timed
-        self.flop_step = self.warmup
-        self.times: list[float] = []
-        self.flops = 0.0
-        self.memory: Optional[Memory] = None
-        self._counter: Any = None
-        self._start = 0.0
-        self.trainer: Any = None
+    The class is a real ``engine.HookBase`` (no-op callbacks, empty state, ``trainer``) defined here, on
+    first use, because importing the engine at module level would import torch with ``partcatseg.benchmark``.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
 
-    # engine.HookBase's interface, duck-typed so that importing this module does not import torch
-    def before_train(self) -> None: ...
+    from ..engine.hooks import HookBase
+    from .flops import _extra_formulas
 
-    def after_train(self) -> None: ...
+    class _StepMeter(HookBase):
+        # trainers key hook state by qualified name: keep the one a module-level class would have
+        __qualname__ = "_StepMeter"
 
-    def state_dict(self) -> dict:
-        return {}
+        def __init__(self, device: str, warmup: int) -> None:
+            self.device, self.warmup = device, max(1, warmup)  # the first step computes text features: never timed
+            self.flop_step = self.warmup
+            self.times: list[float] = []
+            self.flops = 0.0
+            self.memory: Optional[Memory] = None
+            self._counter: Any = None
+            self._start = 0.0
 
-    def load_state_dict(self, state: dict) -> None: ...
+        def before_step(self) -> None:
+            it = self.trainer.iter
+            if it == self.flop_step:
+                self._counter = FlopCounterMode(display=False, custom_mapping=_extra_formulas())
+                self._counter.__enter__()
+            elif it == self.flop_step + 1:
+                self.memory = Memory(self.device)
+            sync(self.device)
+            self._start = time.perf_counter()
 
-    def before_step(self) -> None:
-        it = self.trainer.iter
-        if it == self.flop_step:
-            from torch.utils.flop_counter import FlopCounterMode
+        def after_step(self) -> None:
+            sync(self.device)
+            seconds = time.perf_counter() - self._start
+            if self.trainer.iter == self.flop_step:
+                self._counter.__exit__(None, None, None)
+                self.flops = float(self._counter.get_total_flops())
+            elif self.trainer.iter > self.flop_step:
+                self.times.append(seconds)
 
-            from .flops import _extra_formulas
-
-            self._counter = FlopCounterMode(display=False, custom_mapping=_extra_formulas())
-            self._counter.__enter__()
-        elif it == self.flop_step + 1:
-            self.memory = Memory(self.device)
-        sync(self.device)
-        self._start = time.perf_counter()
-
-    def after_step(self) -> None:
-        sync(self.device)
-        seconds = time.perf_counter() - self._start
-        if self.trainer.iter == self.flop_step:
-            self._counter.__exit__(None, None, None)
-            self.flops = float(self._counter.get_total_flops())
-        elif self.trainer.iter > self.flop_step:
-            self.times.append(seconds)
+    return _StepMeter(device, warmup)
 
 
 def _phase_train_step(spec: BenchmarkSpec) -> dict:
@@ -397,7 +397,7 @@ def _phase_train_step(spec: BenchmarkSpec) -> dict:
     micro, steps = resolve_micro_batches(cfg, 1)
     crop = tuple(cfg.INPUT.CROP.SIZE) if cfg.INPUT.CROP.ENABLED else tuple(spec.image_size)
     records = _records(model, spec, micro, train=True, size=crop)
-    meter = _StepMeter(spec.device, spec.warmup)
+    meter = _step_meter(spec.device, spec.warmup)
     kwargs: dict[str, Any] = dict(max_iter=meter.flop_step + 1 + max(1, spec.repeats),
                                   grad_clipper=build_gradient_clipper(cfg), accumulation_steps=steps)
     optimizer = build_optimizer(cfg, model)
@@ -406,7 +406,7 @@ def _phase_train_step(spec: BenchmarkSpec) -> dict:
                                             amp_dtype=cfg.SOLVER.AMP.DTYPE, **kwargs)
     else:
         trainer = SimpleTrainer(model, itertools.repeat(records), optimizer, **kwargs)
-    trainer.register_hooks([meter])  # type: ignore[list-item]
+    trainer.register_hooks([meter])
     trainer.train()
     return {"seconds": summarize(meter.times), "variant": spec.train_variant, "batch_size": micro * steps,
             "micro_batch_size": micro, "accumulation_steps": steps, "image_size": list(crop),
