@@ -43,6 +43,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
+from ..runtime import tune_allocator
 from .flops import PEAK_DTYPES, add_utilization, count_flops, matmul_peak
 from .measure import Memory, summarize, sync, timed
 from .report import cpu_name
@@ -508,6 +509,8 @@ def run_phase(spec: BenchmarkSpec, name: str) -> dict:
     """Run one phase in this process and return its measurements."""
     import torch
 
+    tune_allocator()  # as the command-line tools run (PARTCATSEG_MALLOC_TUNING=0: glibc's defaults)
+
     if spec.device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"--device {spec.device} requested but CUDA is not available")
     if name == "matmul_peak":
@@ -574,7 +577,8 @@ def run_benchmark(spec: BenchmarkSpec, phases: Sequence[str] = PHASES, isolate: 
             "settings": {"class_chunk": cfg.TEST.CLASS_CHUNK, "amp": cfg.TEST.AMP,
                          "channels_last": cfg.MODEL.CHANNELS_LAST, "compile": cfg.MODEL.COMPILE},
             "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                            "threads": torch.get_num_threads(), "cpu": cpu_name(), "machine": platform.machine()},
+                            "threads": torch.get_num_threads(), "cpu": cpu_name(), "machine": platform.machine(),
+                            "allocator": tune_allocator()},
             "phases": {},
         }
         runs: list[tuple[str, BenchmarkSpec]] = []

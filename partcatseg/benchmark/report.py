@@ -80,7 +80,7 @@ def format_table(report: dict) -> str:
     env = report["environment"]
     title = (f"{report['config_file']}  device={report['device']}  batch={report['batch_size']}  "
              f"image={report['image_size'][0]}x{report['image_size'][1]}  torch {env['torch']}, "
-             f"{env['threads']} threads, {env['cpu']}")
+             f"{env['threads']} threads, {env['cpu']}, allocator: {env.get('allocator', 'not recorded')}")
     model = report.get("model", {})
     if model:
         title += "\nmodel: " + ", ".join(f"{k}={v}" for k, v in model.items())

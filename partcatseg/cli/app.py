@@ -29,6 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from ..runtime import tune_allocator
 from .errors import UsageError, run_cli
 from .overrides import parse_with_overrides
 
@@ -255,6 +256,7 @@ def _main(argv: list) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point (the common error path: user errors in one line, exit 2 / 1)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    tune_allocator()
     return run_cli(_main, argv, PROG)
 
 

@@ -27,6 +27,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..runtime import tune_allocator
 from .errors import UsageError, run_cli
 from .overrides import parse_with_overrides, split_opts  # noqa: F401  (split_opts: part of this module's API)
 
@@ -393,6 +394,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point: 0 on success (unreadable inputs skipped), 1 if no image could be processed,
     2 on a usage/input error; one message line on stderr (the common error path of every command line)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    tune_allocator()
     return run_cli(_main, argv, PROG)
 
 

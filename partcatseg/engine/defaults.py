@@ -11,6 +11,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from ..runtime import tune_allocator
 from . import comm
 from .logger import setup_logger
 from .rng import seed_all_rng, set_deterministic
@@ -95,7 +96,9 @@ def default_setup(cfg: Any, args: Any = None, *, deterministic: bool = False,
     3. dump the full config to ``OUTPUT_DIR/config.yaml`` (rank 0);
     4. seed python/numpy/torch with ``SEED + rank`` (``SEED < 0``: a random seed, logged);
     5. ``torch.backends.cudnn.benchmark = CUDNN_BENCHMARK`` (not for ``--eval-only``);
-       ``deterministic=True`` also forces deterministic kernels (tests, debugging).
+       ``deterministic=True`` also forces deterministic kernels (tests, debugging);
+    6. the CPU allocator policy of :func:`partcatseg.runtime.tune_allocator` (``PARTCATSEG_MALLOC_TUNING=0``:
+       glibc's defaults).
     """
     output_dir = cfg.OUTPUT_DIR
     rank = comm.get_rank()
@@ -122,3 +125,4 @@ def default_setup(cfg: Any, args: Any = None, *, deterministic: bool = False,
         torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
     if deterministic:
         set_deterministic(True, algorithms=True)
+    logger.info("CPU allocator: %s", tune_allocator())
