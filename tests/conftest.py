@@ -14,6 +14,13 @@ REPO = TESTS.parent
 DATA = TESTS / "data"
 sys.path.insert(0, str(TESTS))  # helper modules: tests/weights_rule.py, tests/filewrap.py
 
+# The pytest process runs hundreds of unrelated workloads: keep glibc's default allocation policy in
+# it (the tools' heap-only policy keeps every freed block). Jobs the tests start as subprocesses
+# (train_net.py, the demo, the benchmark) apply the tools' default policy as users get it.
+from partcatseg import runtime as _runtime  # noqa: E402
+
+_runtime.tune_allocator(False)
+
 # A reduced-width PartCATSeg built from the same code: 6x6 feature grid, tiny CLIP and DINOv2.
 TINY_OPTS = [
     "MODEL.DEVICE", "cpu",
