@@ -1,18 +1,22 @@
 """Process-wide CPU runtime settings applied by the command-line tools.
 
 **The allocator.** A PartCATSeg forward on a CPU allocates and frees about 1 GB of short-lived
-tensors per image (per-class activations of 2-20 MB each).  With glibc's default policy, blocks of
-that size are taken from fresh ``mmap`` pages and returned to the kernel when freed, so every
-forward page-faults its working memory back in (~230 000 minor faults, ~0.9 GB of zeroed pages, per
-384x512 image: about 5% of the fp32 inference time on a 2-core Xeon).  :func:`tune_allocator` asks glibc to serve
-every block from its heap and keep freed memory for reuse (``mallopt``: no ``mmap`` blocks, no
-trimming), which is what PyTorch's CPU performance guide achieves with jemalloc/tcmalloc.  The price
-is that the process keeps its peak heap (freed memory is reused, not returned to the system).
+tensors per image (per-class activations of 2-20 MB each).  glibc's default policy returns freed
+memory to the kernel as soon as the top of its heap holds more than twice its (adaptive) mmap
+threshold, and maps larger blocks afresh, so every forward page-faults its working memory back in
+(~230 000 minor faults, ~0.9 GB of zeroed pages, per 384x512 image: about 5% of the fp32 inference
+time and 15% of a training step on a 2-core Xeon).  :func:`tune_allocator` fixes glibc's mmap
+threshold at its maximum (32 MiB) and stops trimming (``mallopt``), so freed blocks are reused
+instead -- what PyTorch's CPU performance guide achieves with jemalloc/tcmalloc.  The price is that a
+process keeps the heap it has grown (reused, not returned to the system): the same peak for a plain
+training step, ~15% more for one with activation checkpointing, which is why a job that asks for
+checkpointing keeps glibc's policy (``prefer_memory``).
 
-The tools call it once at start-up (``train_net.py``, ``tools/demo.py``, ``tools/benchmark.py``'s
-phases, the web app); library code never changes it behind the caller's back.  Set
-``PARTCATSEG_MALLOC_TUNING=0`` to keep glibc's defaults.  Nothing changes on other C libraries
-(musl, macOS, Windows) or when another allocator is preloaded (``LD_PRELOAD`` of jemalloc/tcmalloc).
+The tools call it once at start-up (``train_net.py`` through ``default_setup``, ``tools/demo.py``,
+``tools/benchmark.py``'s phases, the web app); library code never changes it behind the caller's
+back.  ``PARTCATSEG_MALLOC_TUNING=0`` keeps glibc's defaults, ``=1`` tunes even when memory is
+preferred.  Nothing changes on other C libraries (musl, macOS, Windows) or when another allocator is
+preloaded (``LD_PRELOAD`` of jemalloc/tcmalloc/mimalloc).
 """
 from __future__ import annotations
 
@@ -32,13 +36,14 @@ MALLOC_TUNING_ENV = "PARTCATSEG_MALLOC_TUNING"
 
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
-_M_MMAP_MAX = -4
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD = 32 * 2**20  # bytes: glibc's largest allowed value; bigger blocks are still mapped
 _NO_TRIM = 2**31 - 1  # bytes (mallopt takes an int): the heap top is kept, not handed back to the kernel
-_DEFAULT_MMAP_MAX = 65536  # glibc's defaults, restored by tune_allocator(False)
+_DEFAULT_MMAP_THRESHOLD = 128 * 1024  # glibc's initial values, restored by tune_allocator(False)
 _DEFAULT_TRIM = 128 * 1024
 
 #: what :func:`tune_allocator` reports when the policy is in effect
-TUNED = "glibc: heap only, no trim"
+TUNED = "glibc: 32 MiB mmap threshold, no trim"
 
 _state: Optional[str] = None
 
@@ -64,18 +69,26 @@ def _preloaded_allocator() -> Optional[str]:
     return None
 
 
-def tune_allocator(enable: Optional[bool] = None) -> str:
+def tune_allocator(enable: Optional[bool] = None, *, prefer_memory: bool = False) -> str:
     """Apply the allocator policy above once per process; returns what is in effect.
 
-    ``enable`` None follows ``PARTCATSEG_MALLOC_TUNING`` (default on); ``False`` restores glibc's
-    defaults.  The answer is one of :data:`TUNED`, ``"glibc default (PARTCATSEG_MALLOC_TUNING=0)"``,
-    ``"<name> (LD_PRELOAD)"`` or ``"not glibc"``; the benchmark reports it with its timings.
+    ``enable`` None follows ``PARTCATSEG_MALLOC_TUNING`` when it is set, else tunes unless
+    ``prefer_memory`` (a training job with activation checkpointing); ``False`` restores glibc's
+    defaults.  The answer is :data:`TUNED`, ``"glibc default (<why>)"``, ``"<name> (LD_PRELOAD)"``
+    or ``"not glibc"``; the benchmark reports it with its timings.
     """
     global _state
     if _state is not None and enable is None:
         return _state
+    reason = "asked for"
     if enable is None:
-        enable = os.environ.get(MALLOC_TUNING_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+        env = os.environ.get(MALLOC_TUNING_ENV, "").strip().lower()
+        if env:
+            enable = env not in ("0", "false", "no", "off")
+            reason = f"{MALLOC_TUNING_ENV}={env}"
+        else:
+            enable = not prefer_memory
+            reason = "memory preferred: activation checkpointing"
     preloaded = _preloaded_allocator()
     libc = _glibc()
     if preloaded is not None:
@@ -83,18 +96,18 @@ def tune_allocator(enable: Optional[bool] = None) -> str:
     elif libc is None:
         _state = "not glibc"
     elif not enable:
-        if _state == TUNED:  # undo an earlier call (glibc's static defaults)
-            _mallopt(libc, _DEFAULT_MMAP_MAX, _DEFAULT_TRIM)
-        _state = f"glibc default ({MALLOC_TUNING_ENV}=0)"
+        if _state == TUNED:  # undo an earlier call (glibc's initial values; adaptation stays off)
+            _mallopt(libc, _DEFAULT_MMAP_THRESHOLD, _DEFAULT_TRIM)
+        _state = f"glibc default ({reason})"
     else:
-        _state = TUNED if _mallopt(libc, 0, _NO_TRIM) else "glibc default (mallopt refused)"
+        _state = TUNED if _mallopt(libc, _MMAP_THRESHOLD, _NO_TRIM) else "glibc default (mallopt refused)"
     logger.debug("allocator: %s", _state)
     return _state
 
 
-def _mallopt(libc: ctypes.CDLL, mmap_max: int, trim_threshold: int) -> bool:
+def _mallopt(libc: ctypes.CDLL, mmap_threshold: int, trim_threshold: int) -> bool:
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    ok = libc.mallopt(_M_MMAP_MAX, mmap_max) == 1
+    ok = libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1
     return libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold) == 1 and ok
 
 

@@ -40,7 +40,7 @@ def test_importing_the_models_loads_no_data_engine_or_tools():
 def test_package_root_holds_the_library_only():
     root = REPO / "partcatseg"
     modules = sorted(p.stem for p in root.glob("*.py"))
-    assert modules == ["__init__", "checkpoint", "visualize", "weights"]
+    assert modules == ["__init__", "checkpoint", "runtime", "visualize", "weights"]
     packages = sorted(p.name for p in root.iterdir() if (p / "__init__.py").is_file())
     assert packages == ["benchmark", "cli", "config", "data", "engine", "evaluation", "inference", "modeling", "vocab"]
     # every command-line entry point (a main()) lives in partcatseg/cli

@@ -12,31 +12,32 @@ from partcatseg import runtime
 
 glibc_only = pytest.mark.skipif(runtime._glibc() is None, reason="needs Linux with glibc")
 
-# A forward's pattern in small: a 64 MiB tensor (above glibc's largest mmap threshold) allocated,
-# written and freed again and again; prints the minor page faults of 5 repeats once the heap has
-# settled (with the tuned policy it grows for the first few repeats, small objects pinning freed blocks).
+# A forward's pattern in small: three 24 MiB tensors (below the tuned 32 MiB mmap threshold) allocated,
+# written and freed again and again. With glibc's defaults the freed 72 MiB at the heap top exceed its
+# trim threshold and go back to the kernel, so each repeat faults them in again; tuned, they are reused.
+# Prints the minor page faults of 5 repeats once the heap has settled.
 _CHILD = r"""
-import json, resource, sys
+import json, resource
 import torch
 from partcatseg.runtime import tune_allocator
-state = tune_allocator()
+state = tune_allocator(prefer_memory={prefer_memory})
 def once():
-    x = torch.ones(16 * 2**20)
-    del x
+    blocks = [torch.ones(6 * 2**20) for _ in range(3)]
+    del blocks
 for _ in range(15):
     once()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(5):
     once()
-print(json.dumps({"state": state, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
+print(json.dumps({{"state": state, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}}))
 """
 
 
-def _child(env_value: str | None) -> dict:
+def _child(env_value: str | None, prefer_memory: bool = False) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in (runtime.MALLOC_TUNING_ENV, "LD_PRELOAD")}
     if env_value is not None:
         env[runtime.MALLOC_TUNING_ENV] = env_value
-    out = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", _CHILD.format(prefer_memory=prefer_memory)], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -45,11 +46,16 @@ def _child(env_value: str | None) -> dict:
 def test_tuned_allocator_reuses_freed_memory_instead_of_faulting_it_back_in():
     tuned = _child(None)
     default = _child("0")
-    assert tuned["state"] == runtime.TUNED
+    memory_first = _child(None, prefer_memory=True)  # a training job with activation checkpointing
+    forced = _child("1", prefer_memory=True)
+    assert tuned["state"] == forced["state"] == runtime.TUNED
     assert default["state"] == f"glibc default ({runtime.MALLOC_TUNING_ENV}=0)"
-    pages = 5 * 64 * 2**20 // 4096  # each repeat of the default policy maps 64 MiB of fresh pages
+    assert memory_first["state"] == "glibc default (memory preferred: activation checkpointing)"
+    pages = 5 * 72 * 2**20 // 4096  # the default policy faults the 72 MiB in again at every repeat
     assert default["faults"] > pages // 2
+    assert memory_first["faults"] > pages // 2
     assert tuned["faults"] < pages // 50
+    assert forced["faults"] < pages // 50
 
 
 def test_preloaded_allocator_and_other_platforms_are_left_alone(monkeypatch):
@@ -75,6 +81,6 @@ def test_the_setting_is_applied_once_and_reported(monkeypatch):
     monkeypatch.setenv(runtime.MALLOC_TUNING_ENV, "1")
     assert runtime.tune_allocator() == runtime.TUNED
     assert runtime.tune_allocator() == runtime.TUNED  # once per process
-    assert calls == [(0, runtime._NO_TRIM)]
-    assert runtime.tune_allocator(False).startswith("glibc default")  # restores glibc's defaults
-    assert calls[-1] == (runtime._DEFAULT_MMAP_MAX, runtime._DEFAULT_TRIM)
+    assert calls == [(runtime._MMAP_THRESHOLD, runtime._NO_TRIM)]
+    assert runtime.tune_allocator(False) == "glibc default (asked for)"  # restores glibc's values
+    assert calls[-1] == (runtime._DEFAULT_MMAP_THRESHOLD, runtime._DEFAULT_TRIM)

@@ -506,10 +506,17 @@ def _phase_accuracy(spec: BenchmarkSpec) -> dict:
 
 
 def run_phase(spec: BenchmarkSpec, name: str) -> dict:
-    """Run one phase in this process and return its measurements."""
-    import torch
+    """Run one phase in this process and return its measurements (and the allocator policy it ran under)."""
+    # as train_net.py runs: glibc's policy for a checkpointed training step (memory first), else tuned
+    memory_first = name == "train_step" and "checkpointing" in spec.train_variant.split("+")
+    allocator = tune_allocator(prefer_memory=memory_first)
+    result = _run_phase(spec, name)
+    result["allocator"] = allocator
+    return result
 
-    tune_allocator()  # as the command-line tools run (PARTCATSEG_MALLOC_TUNING=0: glibc's defaults)
+
+def _run_phase(spec: BenchmarkSpec, name: str) -> dict:
+    import torch
 
     if spec.device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"--device {spec.device} requested but CUDA is not available")

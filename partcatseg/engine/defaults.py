@@ -97,8 +97,8 @@ def default_setup(cfg: Any, args: Any = None, *, deterministic: bool = False,
     4. seed python/numpy/torch with ``SEED + rank`` (``SEED < 0``: a random seed, logged);
     5. ``torch.backends.cudnn.benchmark = CUDNN_BENCHMARK`` (not for ``--eval-only``);
        ``deterministic=True`` also forces deterministic kernels (tests, debugging);
-    6. the CPU allocator policy of :func:`partcatseg.runtime.tune_allocator` (``PARTCATSEG_MALLOC_TUNING=0``:
-       glibc's defaults).
+    6. the CPU allocator policy of :func:`partcatseg.runtime.tune_allocator` (kept at glibc's
+       defaults for a training job with ``MODEL.GRADIENT_CHECKPOINTING``, which asks for memory first).
     """
     output_dir = cfg.OUTPUT_DIR
     rank = comm.get_rank()
@@ -125,4 +125,6 @@ def default_setup(cfg: Any, args: Any = None, *, deterministic: bool = False,
         torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
     if deterministic:
         set_deterministic(True, algorithms=True)
-    logger.info("CPU allocator: %s", tune_allocator())
+    checkpointing = bool(cfg.MODEL.get("GRADIENT_CHECKPOINTING", False)) if "MODEL" in cfg else False
+    memory_first = checkpointing and not getattr(args, "eval_only", False)
+    logger.info("CPU allocator: %s", tune_allocator(prefer_memory=memory_first))
