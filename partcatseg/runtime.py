@@ -4,12 +4,12 @@
 tensors per image (per-class activations of 2-20 MB each).  glibc's default policy returns freed
 memory to the kernel as soon as the top of its heap holds more than twice its (adaptive) mmap
 threshold, and maps larger blocks afresh, so every forward page-faults its working memory back in
-(~230 000 minor faults, ~0.9 GB of zeroed pages, per 384x512 image: about 5% of the fp32 inference
-time and 15% of a training step on a 2-core Xeon).  :func:`tune_allocator` fixes glibc's mmap
-threshold at its maximum (32 MiB) and stops trimming (``mallopt``), so freed blocks are reused
-instead -- what PyTorch's CPU performance guide achieves with jemalloc/tcmalloc.  The price is that a
+(~230 000 minor faults, ~0.9 GB of zeroed pages, per 384x512 image).  :func:`tune_allocator`
+fixes glibc's mmap threshold at its maximum (32 MiB) and stops trimming (``mallopt``), so freed
+blocks are reused instead -- what PyTorch's CPU performance guide achieves with jemalloc/tcmalloc;
+on a 2-core Xeon inference gets 2.5-5% and a training step 13% faster.  The price is that a
 process keeps the heap it has grown (reused, not returned to the system): the same peak for a plain
-training step, ~15% more for one with activation checkpointing, which is why a job that asks for
+training step, ~13% more for one with activation checkpointing, which is why a job that asks for
 checkpointing keeps glibc's policy (``prefer_memory``).
 
 The tools call it once at start-up (``train_net.py`` through ``default_setup``, ``tools/demo.py``,
