@@ -10,7 +10,9 @@ import pytest
 
 from partcatseg import runtime
 
-glibc_only = pytest.mark.skipif(runtime._glibc() is None, reason="needs Linux with glibc")
+_LIBC = runtime._glibc()
+glibc_only = pytest.mark.skipif(_LIBC is None or not hasattr(_LIBC, "mallinfo2"),
+                                reason="needs Linux with glibc >= 2.33 (mallinfo2)")
 
 # glibc's own account of where a 24 MiB block (a per-class activation's size) lives (mallinfo2):
 # with the default policy in a fresh process it is mapped on its own (the adaptive mmap threshold starts
