@@ -302,9 +302,20 @@ class SwinTransformerBlock(nn.Module):
 
     def _window_mask(self, num_maps: int, dtype: torch.dtype) -> Optional[torch.Tensor]:
         # A 4-D (batch*windows, 1, L, L) mask keeps SDPA on its fused kernel (a 5-D broadcast does not).
+        # The repeat is the same for every class slice of every image (5 MB per 16-class slice), so
+        # it is kept for the slice sizes in use; a changed buffer (load_state_dict, .to) misses.
         if self.attn_mask is None:
             return None
-        return self.attn_mask.to(dtype).unsqueeze(1).repeat(num_maps, 1, 1, 1)
+        if _compiling():
+            return self.attn_mask.to(dtype).unsqueeze(1).repeat(num_maps, 1, 1, 1)
+        key = (num_maps, dtype, self.attn_mask.device, self.attn_mask.data_ptr(), self.attn_mask._version)
+        cache = self.__dict__.setdefault("_mask_cache", {})
+        mask = cache.get(key)
+        if mask is None:
+            if len(cache) >= 4:  # a full slice and the last, partial one, per vocabulary in use
+                cache.pop(next(iter(cache)))
+            mask = cache[key] = self.attn_mask.to(dtype).unsqueeze(1).repeat(num_maps, 1, 1, 1)
+        return mask
 
     def windowed(
         self, x: torch.Tensor, guidance: Optional[torch.Tensor], term: Optional[torch.Tensor] = None
