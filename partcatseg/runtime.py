@@ -42,6 +42,9 @@ _NO_TRIM = 2**31 - 1  # bytes (mallopt takes an int): the heap top is kept, not 
 _DEFAULT_MMAP_THRESHOLD = 128 * 1024  # glibc's initial values, restored by tune_allocator(False)
 _DEFAULT_TRIM = 128 * 1024
 
+_OFF = ("0", "false", "no", "off")
+_ON = ("1", "true", "yes", "on")
+
 #: what :func:`tune_allocator` reports when the policy is in effect
 TUNED = "glibc: 32 MiB mmap threshold, no trim"
 
@@ -83,8 +86,12 @@ def tune_allocator(enable: Optional[bool] = None, *, prefer_memory: bool = False
     reason = "asked for"
     if enable is None:
         env = os.environ.get(MALLOC_TUNING_ENV, "").strip().lower()
+        if env and env not in _OFF + _ON:
+            logger.warning("%s=%r is not a switch value (expected one of %s); ignoring it", MALLOC_TUNING_ENV,
+                           os.environ[MALLOC_TUNING_ENV], ", ".join(_OFF + _ON))
+            env = ""
         if env:
-            enable = env not in ("0", "false", "no", "off")
+            enable = env in _ON
             reason = f"{MALLOC_TUNING_ENV}={env}"
         else:
             enable = not prefer_memory

@@ -90,3 +90,16 @@ def test_the_setting_is_applied_once_and_reported(monkeypatch):
     assert calls == [(runtime._MMAP_THRESHOLD, runtime._NO_TRIM)]
     assert runtime.tune_allocator(False) == "glibc default (asked for)"  # restores glibc's values
     assert calls[-1] == (runtime._DEFAULT_MMAP_THRESHOLD, runtime._DEFAULT_TRIM)
+
+
+def test_an_unknown_switch_value_is_named_and_ignored(monkeypatch, caplog):
+    monkeypatch.setattr(runtime, "_state", None)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.setattr(runtime, "_glibc", lambda: object())
+    monkeypatch.setattr(runtime, "_mallopt", lambda *a: True)
+    monkeypatch.setenv(runtime.MALLOC_TUNING_ENV, "maybe")
+    with caplog.at_level("WARNING", logger="partcatseg.runtime"):
+        assert runtime.tune_allocator(prefer_memory=True) == "glibc default (memory preferred: activation checkpointing)"
+    (record,) = [r for r in caplog.records if r.name == "partcatseg.runtime"]
+    assert record.getMessage() == ("PARTCATSEG_MALLOC_TUNING='maybe' is not a switch value (expected one of "
+                                   "0, false, no, off, 1, true, yes, on); ignoring it")
