@@ -88,7 +88,7 @@ class DINOv2Backbone(nn.Module):
         x = x.flatten(2).transpose(1, 2)
         x = torch.cat([model.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         x = x + interpolate_dinov2_pos_embed(model.pos_embed, grid)
-        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+        if self.grad_checkpointing and self.training:  # checkpointed() itself skips it without autograd
             for block in model.blocks:
                 x = checkpointed(block, x, enabled=True)
         else:
