@@ -128,7 +128,8 @@ def _rate(gflop: float, seconds: float, peaks: dict, dtype: str) -> dict[str, An
 def add_utilization(report: dict[str, Any]) -> None:
     """Add achieved GFLOP/s and the fraction of the measured peak to every phase that counted FLOPs.
 
-    Inference: per image at batch 1 (and at ``--batch-size``); training: per optimizer step. The
+    Inference: per image at batch 1 (and at ``--batch-size``); the stage profile: the forward and each
+    stage; training: per optimizer step. The
     peak is that of the dtype the phase computes in (``compute_dtype``), from the ``matmul_peak`` phase.
     """
     peaks = report["phases"].get("matmul_peak", {}).get("peaks", {})
@@ -136,7 +137,12 @@ def add_utilization(report: dict[str, Any]) -> None:
         if not isinstance(res, dict) or "gflop_per_image" not in res and "gflop_per_step" not in res:
             continue
         dtype = res.get("compute_dtype", "fp32")
-        if "gflop_per_image" in res:
+        if "stages" in res:  # the per-stage profile: the whole forward and each stage with FLOPs
+            res["utilization"] = _rate(res["gflop_per_image"], res["seconds"]["median"], peaks, dtype)
+            for stage in res["stages"].values():
+                if stage.get("gflop") and stage["seconds"]["median"] > 0:
+                    stage["utilization"] = _rate(stage["gflop"], stage["seconds"]["median"], peaks, dtype)
+        elif "gflop_per_image" in res:
             for key in (k for k in res if k.startswith("batch_")):
                 res[key]["utilization"] = _rate(res["gflop_per_image"], res[key]["seconds_per_image"]["median"],
                                                 peaks, dtype)

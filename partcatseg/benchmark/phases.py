@@ -22,6 +22,10 @@ Phases (each in its own subprocess by default, so every peak-memory figure is th
 * ``accuracy`` (on request): every speed mode's outputs against the default fp32 path
   (:mod:`partcatseg.benchmark.accuracy`), on ``--fixture``'s image and config options or on a
   synthetic image, with ``--weights`` or seeded random weights.
+* ``stages`` (on request): where the batch-1 inference forward spends its time -- wall time, executed
+  FLOPs and their rate per stage the model declares (``SegmentationModel.profile_stages``; encoders,
+  cost embedding, aggregation layers, decoder, ...; :mod:`partcatseg.benchmark.stages`), one run per
+  ``--inference-variants`` entry like ``inference``.
 
 Timings use ``time.perf_counter`` after warm-up runs (CUDA is synchronised); each figure is the
 median with quartiles, min and max of the repeats.  Memory is the peak resident set of the measured
@@ -60,7 +64,7 @@ TRAIN_VARIANT_OPTS = {
     "fp16": ["SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.DTYPE", "fp16"],
 }
 OFFICIAL_PHASES = ("official",)
-EXTRA_PHASES = ("accuracy",)  # run only when asked for (``--phases accuracy``)
+EXTRA_PHASES = ("accuracy", "stages")  # run only when asked for (``--phases accuracy stages``)
 
 __all__ = [
     "SCHEMA",
@@ -334,6 +338,30 @@ def _phase_inference(spec: BenchmarkSpec) -> dict:
     return out
 
 
+def _phase_stages(spec: BenchmarkSpec) -> dict:
+    import torch
+
+    from .stages import profile_stages
+
+    spec = copy.deepcopy(spec)
+    spec.opts = list(spec.opts) + inference_variant_opts(spec.inference_variant)
+    model = _build(spec)
+    model.prepare_vocabulary()
+    records = _records(model, spec, 1)
+    with torch.no_grad():
+        model(records)  # the first call (compilation, caches) is not part of the profile
+        prof = profile_stages(model, lambda: model(records), spec.device, max(0, spec.warmup - 1), spec.repeats)
+    out: dict[str, Any] = {
+        "seconds": summarize(prof["seconds"]),
+        "gflop_per_image": sum(s["gflop"] for s in prof["stages"].values()),
+        "compute_dtype": _cfg(spec).TEST.AMP or "fp32",
+        "stages": {name: {"seconds": summarize(s["seconds"]), "gflop": s["gflop"]} for name, s in prof["stages"].items()},
+        "variant": spec.inference_variant,
+    }
+    out.update(_model_info(model))
+    return out
+
+
 def _step_meter(device: str, warmup: int) -> Any:
     """The train-step phase's trainer hook: warm-up steps, one FLOP-counted step, then timed steps with
     their own peak memory.
@@ -534,6 +562,8 @@ def _run_phase(spec: BenchmarkSpec, name: str) -> dict:
         return _phase_official(spec)
     if name == "accuracy":
         return _phase_accuracy(spec)
+    if name == "stages":
+        return _phase_stages(spec)
     raise ValueError(f"unknown phase {name!r}; expected one of {list(PHASES + OFFICIAL_PHASES + EXTRA_PHASES)}")
 
 
@@ -590,13 +620,14 @@ def run_benchmark(spec: BenchmarkSpec, phases: Sequence[str] = PHASES, isolate: 
         }
         runs: list[tuple[str, BenchmarkSpec]] = []
         for name in phases:  # inference and train_step: one run per variant, in the order given
-            variants = {"inference": spec.inference_variants, "train_step": spec.train_variants}.get(name)
+            variants = {"inference": spec.inference_variants, "stages": spec.inference_variants,
+                        "train_step": spec.train_variants}.get(name)
             if variants is None:
                 runs.append((name, spec))
                 continue
             for variant in variants:
                 one = copy.deepcopy(spec)
-                if name == "inference":
+                if name in ("inference", "stages"):
                     inference_variant_opts(variant)  # an unknown variant fails before anything runs
                     one.inference_variant = variant
                 else:

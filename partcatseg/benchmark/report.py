@@ -68,6 +68,14 @@ def format_table(report: dict) -> str:
                     continue
                 rows.append((f"accuracy {mode}", f"max |diff| {d['max_abs_diff']:.1e}, mean {d['mean_abs_diff']:.1e}",
                              f"argmax agree {d['argmax_agreement']:.4f}", "", ""))
+        elif name.startswith("stages"):
+            total = res["seconds"]["median"]
+            rows.append((f"{name} forward", _fmt_stats(res["seconds"]) + " / image", "", rate_of(res), ""))
+            for stage, st in res["stages"].items():
+                gflop = f"{st['gflop']:.1f} GFLOP" if st.get("gflop") is not None else ""
+                share = f"{100 * st['seconds']['median'] / total:.0f}% of the forward" if total > 0 else ""
+                rows.append((f"  {stage}", _fmt_stats(st["seconds"]), ", ".join(x for x in (share, gflop) if x),
+                             rate_of(st), ""))
         elif name.startswith("train_step"):
             what = (f"{res['batch_size']} img/step" + (f" = {res['accumulation_steps']} x {res['micro_batch_size']}"
                     if res.get("accumulation_steps", 1) > 1 else "") + f", {res['image_size'][0]}x{res['image_size'][1]}")

@@ -28,7 +28,7 @@ under bf16 -- equal to the training formulation up to float re-association (~1e-
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -780,6 +780,15 @@ class AggregatorBase(nn.Module):
         for module in self.modules():
             if isinstance(module, AggregatorLayer):
                 module.grad_checkpointing = bool(enable)
+
+    def profile_stages(self) -> dict[str, list[tuple[Any, str]]]:
+        """Call points of the aggregator's steps (see ``SegmentationModel.profile_stages``)."""
+        return {
+            "cost embedding": [(self, "embed_cost")],
+            "guidance projections": [(self, "project_guidance"), (self, "project_text")],
+            "aggregation layers": [(layer, "forward") for layer in self.layers],
+            "decoder": [(self, "decode")],
+        }
 
     def active_chunk(self, batch_size: int = 1) -> int:
         """Classes per slice in effect: 0 (whole vocabulary) in training or when ``class_chunk`` is 0.

@@ -244,6 +244,9 @@ class _CATSegCommon(SegmentationModel):
         return {**super().describe(), "templates": len(self.templates), "class_chunk": self.aggregator.class_chunk,
                 "inference_amp": self.inference_amp or "fp32"}
 
+    def profile_stages(self) -> dict[str, list[tuple[Any, str]]]:
+        return {"image encoders": [(self, "extract_features")], **self.aggregator.profile_stages()}
+
     def _apply_speed_modes(self, channels_last: bool, compile: bool) -> None:
         """The opt-in speed modes, once every module exists (end of the constructor)."""
         if channels_last:
@@ -585,14 +588,18 @@ class CATSegBaseline(_CATSegCommon):
         bg = F.normalize(bg, dim=-1).unsqueeze(1).expand(1, text.shape[1], -1)
         return torch.cat([text, bg], dim=0)
 
-    def predict_logits(self, images: Sequence[torch.Tensor], text: torch.Tensor) -> torch.Tensor:
-        images = [im.to(self.device) for im in images]
+    def extract_features(self, images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Dense CLIP features (B, C, g, g) and the guidance backbone's maps [res4 (g), res3 (2g), res2 (4g)]."""
         ckpt = self.grad_checkpointing and self.training
         dense, _ = encode_image_dense(self.clip_model, self._clip_input(images), grad_checkpointing=ckpt)
         size = (self.backbone.input_size, self.backbone.input_size)
         dino = self.backbone(normalize_pad_resize(images, self.pixel_mean, self.pixel_std, self.size_divisibility, size))
-        vis = [dino["res4"], dino["res3"], dino["res2"]]
-        return self.aggregator(_tokens_to_map(dense), text.unsqueeze(0).expand(len(images), -1, -1, -1), vis)
+        return _tokens_to_map(dense), [dino["res4"], dino["res3"], dino["res2"]]
+
+    def predict_logits(self, images: Sequence[torch.Tensor], text: torch.Tensor) -> torch.Tensor:
+        images = [im.to(self.device) for im in images]
+        img_feats, vis = self.extract_features(images)
+        return self.aggregator(img_feats, text.unsqueeze(0).expand(len(images), -1, -1, -1), vis)
 
     def forward(self, batched_inputs: list[dict]):
         if self.training:

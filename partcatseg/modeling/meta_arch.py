@@ -123,6 +123,17 @@ class SegmentationModel(nn.Module, abc.ABC):
             facts["grad_checkpointing"] = True
         return facts
 
+    def profile_stages(self) -> dict[str, list[tuple[Any, str]]]:
+        """The stages of an inference forward, for the benchmark's per-stage profile (``--phases stages``).
+
+        A stage name maps to the call points that make it up: ``(object, method name)`` pairs, e.g.
+        ``(self, "extract_features")`` or ``(block, "forward")``. The profiler wraps each point on its
+        instance for the duration of the profile and charges every call to its stage (time spent in a
+        nested point goes to the inner one); whatever no point covers is reported as "other".
+        The default declares none: only the whole forward is measured.
+        """
+        return {}
+
     @property
     def device(self) -> torch.device:
         for tensor in self.parameters():

@@ -7,7 +7,7 @@ that class's own prompts, and aggregates the resulting cost again.  Both stages 
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +73,13 @@ class PartAggregator(AggregatorBase):
         self.layers_specific_part = stack()
         self.conv2 = nn.Conv2d(prompt_channel, hidden_dim, kernel_size=7, stride=1, padding=3)
         self.conv_proj_feat = nn.Conv2d(hidden_dim * 2, text_guidance_dim, kernel_size=1)
+
+    def profile_stages(self) -> dict[str, list[tuple[Any, str]]]:
+        stages = super().profile_stages()
+        stages["aggregation layers"] = [(layer, "forward") for layer in self.layers]  # stage 1
+        stages["stage-2 cost"] = [(self, "specific_cost")]
+        stages["stage-2 aggregation layers"] = [(layer, "forward") for layer in self.layers_specific_part]
+        return stages
 
     def copy_stage_weights(self) -> None:
         """The official constructor copies ``conv1``/``layers`` into the stage-2 modules.

@@ -182,6 +182,10 @@ class PartCATSeg(SegmentationModel):
                 "stage2_classes": self.vocabulary.num_text_classes_stage2, "templates": len(self.templates),
                 "class_chunk": self.aggregator.class_chunk, "inference_amp": self.inference_amp or "fp32"}
 
+    def profile_stages(self) -> dict[str, list[tuple[Any, str]]]:
+        return {"image encoders": [(self, "extract_features")], **self.aggregator.profile_stages(),
+                "output maps": [(self, "_postprocess")]}
+
     # ----------------------------------------------------------------- properties
     @property
     def device(self) -> torch.device:

@@ -215,6 +215,10 @@ class PartCLIPSeg(SegmentationModel):
         return {**super().describe(), "conditions": self.vocabulary.num_text_classes_stage1,
                 "image_size": self.image_size, "inference_amp": self.inference_amp or "fp32"}
 
+    def profile_stages(self) -> dict[str, list[tuple[Any, str]]]:
+        # the text conditions are cached after the first call; the network is CLIPSeg and both heads
+        return {"text conditions": [(self, "text_conditions")], "network": [(self, "run_network")]}
+
     @staticmethod
     def prompts(vocab: Vocabulary) -> list[str]:
         """The text prompts: generalized parts then objects, bare names (no template)."""
