@@ -92,8 +92,11 @@ def test_plugin_through_train_net_demo_evaluator_and_benchmark(small_toy_root, t
     # 4. the benchmark
     bench = tmp_path / "bench.json"
     run_tool([str(REPO / "tools/benchmark.py"), "--config-file", TOY_CFG, "--phases", "build", "text_cold",
-          "text_cached", "inference", "train_step", "--repeats", "1", "--warmup", "0", "--image-size", "32", "40",
+          "text_cached", "inference", "stages", "train_step", "--repeats", "1", "--warmup", "0", "--image-size", "32", "40",
           "--json", str(bench), *common], toy_root)
     report = json.loads(bench.read_text())
     assert report["model"]["meta_architecture"] == "TinyPixelMatcher"
-    assert set(report["phases"]) == {"build", "text_cold", "text_cached", "inference", "train_step"}
+    assert set(report["phases"]) == {"build", "text_cold", "text_cached", "inference", "stages", "train_step"}
+    # it declares no stages: the per-stage profile is the whole forward, as "other"
+    stages = report["phases"]["stages"]
+    assert list(stages["stages"]) == ["other"] and stages["stages"]["other"]["gflop"] == stages["gflop_per_image"]
