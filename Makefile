@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-fast test-gpu demo app clean
+.PHONY: venv test test-fast test-gpu gpu-check demo app clean
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test-fast: venv
 # the README: python tools/benchmark.py --device cuda ... (README "Performance").
 test-gpu: venv
 	$(PY) -m pytest -q -rs -m gpu $(PYTEST_ARGS)
+
+# test-gpu plus the benchmark's CUDA figures, logs and JSON in one folder (tools/gpu_check.sh).
+GPU_CHECK_OUT ?= output/gpu_check
+gpu-check: venv
+	PYTHON=$(PY) tools/gpu_check.sh $(GPU_CHECK_OUT)
 
 # The toy demo: synthetic part dataset (if missing) -> train a reduced-width PartCATSeg from scratch
 # on the CPU (300 iterations: 1 min 24 s on a 2-core Intel Xeon, idle) -> the table.

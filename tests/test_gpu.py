@@ -145,3 +145,21 @@ def test_one_process_ddp_step_with_accumulation_equals_the_unwrapped_step(tmp_pa
     assert accumulated.keys() == plain.keys() and len(plain) > 20
     for name, grad in plain.items():  # one process: DDP's exchange averages over a world of 1
         torch.testing.assert_close(accumulated[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="with a GPU the script runs the whole check (make gpu-check)")
+def test_gpu_check_script_without_a_gpu_says_so_and_runs_nothing(tmp_path):
+    """``tools/gpu_check.sh`` (``make gpu-check``) on a machine without CUDA: one line, exit 2, no output folder."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "gpu_check"
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    proc = subprocess.run(["bash", str(REPO / "tools/gpu_check.sh"), str(out)], capture_output=True, text=True,
+                          env={**env, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"gpu_check: no CUDA device visible to {sys.executable} (torch.cuda.is_available() is False or torch is "
+        "missing); nothing was run"]
+    assert not out.exists()
