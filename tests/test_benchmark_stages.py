@@ -106,9 +106,14 @@ def test_stages_phase_of_partcatseg_adds_up_to_the_forward(tmp_path):
 
 
 def test_stages_phase_runs_per_inference_variant_and_for_catseg(tmp_path):
-    report = run_benchmark(_spec(tmp_path, inference_variants=["default", "bf16"]), ["stages"], isolate=False)
+    report = run_benchmark(_spec(tmp_path, inference_variants=["default", "bf16", "bf16+compile"]), ["stages"],
+                           isolate=False)
     assert list(report["phases"]) == ["stages", "stages:bf16"]
     assert report["phases"]["stages:bf16"]["compute_dtype"] == "bf16"
+    # a compiled mode is not profiled (the clock's wrappers would split its graphs): a note says so
+    note = ("stages:bf16+compile: not profiled (stage boundaries would split the compiled graphs; "
+            "the inference phase times this mode)")
+    assert report["notes"] == [note] and format_table(report).splitlines()[-1] == note
     report = run_benchmark(_spec(tmp_path, config=CATSEG), ["stages"], isolate=False)
     stages = report["phases"]["stages"]["stages"]
     assert list(stages) == ["image encoders", "cost embedding", "guidance projections", "aggregation layers",

@@ -617,6 +617,7 @@ def run_benchmark(spec: BenchmarkSpec, phases: Sequence[str] = PHASES, isolate: 
                             "threads": torch.get_num_threads(), "cpu": cpu_name(), "machine": platform.machine(),
                             "allocator": tune_allocator()},
             "phases": {},
+            "notes": [],
         }
         runs: list[tuple[str, BenchmarkSpec]] = []
         for name in phases:  # inference and train_step: one run per variant, in the order given
@@ -626,6 +627,11 @@ def run_benchmark(spec: BenchmarkSpec, phases: Sequence[str] = PHASES, isolate: 
                 runs.append((name, spec))
                 continue
             for variant in variants:
+                if name == "stages" and "compile" in variant.split("+"):
+                    inference_variant_opts(variant)
+                    report["notes"].append(f"stages:{variant}: not profiled (stage boundaries would split the "
+                                           "compiled graphs; the inference phase times this mode)")
+                    continue
                 one = copy.deepcopy(spec)
                 if name in ("inference", "stages"):
                     inference_variant_opts(variant)  # an unknown variant fails before anything runs

@@ -93,7 +93,8 @@ def format_table(report: dict) -> str:
     if model:
         title += "\nmodel: " + ", ".join(f"{k}={v}" for k, v in model.items())
     title += "\nsettings: " + ", ".join(f"{k}={v}" for k, v in report["settings"].items())
-    notes = [f"official: {n}" for n in report["phases"].get("official", {}).get("official_notes", [])]
+    notes = list(report.get("notes", []))
+    notes += [f"official: {n}" for n in report["phases"].get("official", {}).get("official_notes", [])]
     notes += [f"{name}: allocator {res['allocator']}" for name, res in report["phases"].items()
               if res.get("allocator", env.get("allocator")) != env.get("allocator")]
     return "\n".join([title, line(head), line(tuple("-" * w for w in widths))] + [line(r) for r in rows] + notes)
