@@ -20,6 +20,16 @@ def jensen_shannon(p: torch.Tensor, q: torch.Tensor, dim: int, eps: float = 1e-1
     return jsd.mean()
 
 
+def _check_ids(what: str, ids: torch.Tensor, valid: torch.Tensor, count: int) -> None:
+    """Labels must index the vocabulary: a dataset/vocabulary mismatch is named, not left to one_hot."""
+    if valid.any():
+        bad = ids[valid]
+        bad = bad[(bad < 0) | (bad >= count)]
+        if bad.numel():
+            raise ValueError(f"{what} label {int(bad[0])} in the training targets is outside the "
+                             f"{count} {what} classes of the training vocabulary")
+
+
 def partcatseg_losses(
     part_obj_logits: torch.Tensor,
     specific_logits: torch.Tensor,
@@ -64,6 +74,9 @@ def partcatseg_losses(
     mask = targets != ignore_value
     part_mask = part_targets != ignore_label
     obj_mask = obj_in_part_targets != ignore_label
+    _check_ids("object-specific part", targets, mask, num_classes)
+    _check_ids("generalized part", part_targets, part_mask, num_parts)
+    _check_ids("object", obj_in_part_targets, obj_mask, num_objects)
 
     po_targets = torch.zeros_like(po)
     sp_targets = torch.zeros_like(sp)
