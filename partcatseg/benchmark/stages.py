@@ -2,8 +2,8 @@
 
 A model names its stages with :meth:`~partcatseg.modeling.SegmentationModel.profile_stages` (stage ->
 ``(object, method)`` call points). :func:`stage_clock` wraps those points on their instances while a
-forward runs, so the profile needs no profiler and no change to the model's code, and works for any
-model that declares its stages (a plugin included). Time is *exclusive*: a call nested in another
+forward runs, so the profile needs no profiler (whose overhead distorts small kernels) and leaves
+the model's code paths as they are; it works for any model that declares its stages, a plugin included. Time is *exclusive*: a call nested in another
 stage's call is charged to the inner stage only; the rest of the forward is "other".
 
 On CUDA every stage boundary synchronises the device, so the stage times add up to the forward's
