@@ -126,5 +126,6 @@ def test_stages_phase_of_partclipseg(tmp_path):
     opts = ["MODEL.DEVICE", "cpu", "MODEL.PARTCLIPSEG.ARCH", "tiny", "MODEL.PARTCLIPSEG.INPUT_SIZE", "96"]
     report = run_benchmark(_spec(tmp_path, config=config, opts=opts), ["stages"], isolate=False)
     stages = report["phases"]["stages"]["stages"]
-    assert list(stages) == ["text conditions", "network", OTHER]
-    assert stages["network"]["gflop"] > 0 and stages["text conditions"]["gflop"] == 0  # cached before the profile
+    assert list(stages) == ["text conditions", "image encoder", "decoder", OTHER]
+    assert stages["image encoder"]["gflop"] > 0 and stages["decoder"]["gflop"] > 0
+    assert stages["text conditions"]["gflop"] == 0  # cached before the profile

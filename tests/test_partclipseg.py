@@ -546,3 +546,39 @@ def _toy_like_batch() -> list[dict]:
     obj[8:40, 4:30], part[8:20, 4:30], part[20:40, 4:30] = 0, 0, 1  # robot: head, torso
     obj[10:44, 34:60], part[10:24, 34:60], part[24:44, 34:60] = 1, 4, 5  # house: roof, wall
     return [{"image": _image(48, 64, 9), "sem_seg": obj, "obj_part_sem_seg": part}]
+
+
+# --------------------------------------------------------------------------- inference fast path
+@pytest.mark.parametrize("tower", ["vision encoder", "decoder", "decoder, quick GELU"])
+def test_layer_inference_equals_the_transformers_layer(tiny, tower):
+    """The SDPA + fused-linear path of inference equals the eager transformers layer (pre-norm encoder,
+    post-norm decoder, ReLU or another activation); with attention asked for, or with autograd, the
+    layer itself runs and returns its probabilities."""
+    from transformers.activations import QuickGELUActivation
+
+    from partcatseg.modeling.clipseg import _inference_layer, run_clipseg_layer
+
+    net = tiny.partclipseg_model
+    layer = net.clip.vision_model.encoder.layers[0] if tower == "vision encoder" else copy.deepcopy(net.decoder.layers[0])
+    if tower == "decoder, quick GELU":
+        layer.mlp.activation_fn = QuickGELUActivation()
+    width = layer.self_attn.q_proj.in_features
+    g = torch.Generator().manual_seed(7)
+    hidden = torch.randn(3, 17, width, generator=g)
+    calls = []
+    handle = layer.self_attn.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with torch.no_grad():
+            assert _inference_layer(layer, hidden)
+            fast, none = run_clipseg_layer(layer, hidden)
+            assert calls == []  # the fast path does not run the eager attention module
+            ref, probs = run_clipseg_layer(layer, hidden, want_attention=True)  # the eager layer
+            assert calls == [1]
+    finally:
+        handle.remove()
+    assert none is None and probs.shape == (3, layer.self_attn.num_heads, 17, 17)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    assert not _inference_layer(layer, hidden.requires_grad_())  # autograd: the layer itself
+    layer.train()
+    with torch.no_grad():
+        assert not _inference_layer(layer, hidden)  # training mode (dropout): the layer itself

@@ -10,7 +10,8 @@ from conftest import REPO, TINY_OPTS
 
 from partcatseg.config import ConfigError, setup_cfg
 from partcatseg.modeling import build_model
-from partcatseg.modeling.aggregator import ONEDNN_LINEAR, class_slices, linear
+from partcatseg.modeling.aggregator import class_slices
+from partcatseg.modeling.fused import ONEDNN_LINEAR, linear
 from partcatseg.modeling.catseg_aggregator import CATSegAggregator
 from partcatseg.modeling.part_aggregator import PartAggregator
 from partcatseg.modeling.speed import (

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .aggregator import AggregatorBase, AggregatorLayer, _fast_inference, class_slices, cosine_cost, linear, over_class_slices
+from .aggregator import AggregatorBase, AggregatorLayer, _fast_inference, class_slices, cosine_cost, over_class_slices
+from .fused import linear
 from .grad_checkpoint import checkpointed
 
 __all__ = ["PartAggregator"]

@@ -216,8 +216,10 @@ class PartCLIPSeg(SegmentationModel):
                 "image_size": self.image_size, "inference_amp": self.inference_amp or "fp32"}
 
     def profile_stages(self) -> dict[str, list[tuple[Any, str]]]:
-        # the text conditions are cached after the first call; the network is CLIPSeg and both heads
-        return {"text conditions": [(self, "text_conditions")], "network": [(self, "run_network")]}
+        # the text conditions are cached after the first call
+        net = self.partclipseg_model
+        return {"text conditions": [(self, "text_conditions")], "image encoder": [(net, "visual_activations")],
+                "decoder": [(net.decoder, "forward")]}
 
     @staticmethod
     def prompts(vocab: Vocabulary) -> list[str]:
