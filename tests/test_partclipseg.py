@@ -582,3 +582,27 @@ def test_layer_inference_equals_the_transformers_layer(tiny, tower):
     layer.train()
     with torch.no_grad():
         assert not _inference_layer(layer, hidden)  # training mode (dropout): the layer itself
+
+
+@pytest.mark.parametrize("form", ["complex", "single"])
+def test_upsampler_inference_equals_the_transposed_convolutions(form):
+    """CLIPSeg's upsampler tail as matmuls equals the ConvTranspose2d modules (both transformers forms:
+    conv, ReLU, ConvT, ReLU, ConvT -- and a single ConvT), also with several output channels."""
+    from torch import nn
+
+    from partcatseg.modeling.clipseg import _upsample_inference
+
+    torch.manual_seed(3)
+    if form == "complex":
+        head = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(16, 8, 4, 4), nn.ReLU(),
+                             nn.ConvTranspose2d(8, 2, (2, 3), (2, 3)))
+    else:
+        head = nn.ConvTranspose2d(16, 1, 8, 8)
+    head.eval()
+    x = torch.randn(5, 16, 6, 7)
+    with torch.no_grad():
+        got, ref = _upsample_inference(head, x), head(x)
+    assert got.shape == ref.shape
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    # another form (padding, or kernel != stride) is left to the modules
+    assert _upsample_inference(nn.Sequential(nn.ConvTranspose2d(16, 1, 4, 2, padding=1)), x) is None
