@@ -407,11 +407,12 @@ class PartCLIPSeg(SegmentationModel):
                                                  mode="bilinear", align_corners=False))[0]
             object_scores = torch.sigmoid(F.interpolate(out.logits[i : i + 1, num_parts:].float(),
                                                         size=(height, width), mode="bilinear", align_corners=False))[0]
-            winner = F.one_hot(object_scores.argmax(0), num_classes=object_scores.shape[0]).permute(2, 0, 1)
-            winner = winner.to(scores.dtype)
+            # each class keeps its score where its object (the background: where it) wins the argmax;
+            # compared per class against the argmax map, no (T, H, W) one-hot copy is built
+            winner = object_scores.argmax(0)
             gated = scores.clone()
-            gated[:-1] *= winner[obj_index]
-            gated[-1] *= winner[-1]
+            gated[:-1].masked_fill_(winner.unsqueeze(0) != obj_index.view(-1, 1, 1), 0.0)
+            gated[-1].masked_fill_(winner != object_scores.shape[0] - 1, 0.0)
             oracle = scores[:-1].clone()
             objects = self.oracle_objects(record)
             if objects is not None:
