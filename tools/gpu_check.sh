@@ -13,8 +13,13 @@
 # as wheels in .whl/ (tools/gpu_wheels.sh downloads them where PyPI is reachable); they are installed
 # into a temporary folder, never into the interpreter's own site-packages.
 set -uo pipefail
+out="${1:-${OUT:-}}"
+case "$out" in
+    "") out="$(cd "$(dirname "$0")/.." && pwd)/output/gpu_check" ;;
+    /*) ;;
+    *) out="$PWD/$out" ;;  # relative to where the command was given
+esac
 cd "$(dirname "$0")/.."
-out="${1:-${OUT:-output/gpu_check}}"
 py="${PYTHON:-}"
 if [ -z "$py" ]; then
     if [ -x .venv/bin/python ]; then py=.venv/bin/python; else py=python3; fi
