@@ -550,13 +550,13 @@ def _toy_like_batch() -> list[dict]:
 
 # --------------------------------------------------------------------------- inference fast path
 @pytest.mark.parametrize("tower", ["vision encoder", "decoder", "decoder, quick GELU"])
-def test_layer_inference_equals_the_transformers_layer(tiny, tower):
-    """The SDPA + fused-linear path of inference equals the eager transformers layer (pre-norm encoder,
-    post-norm decoder, ReLU or another activation); with attention asked for, or with autograd, the
-    layer itself runs and returns its probabilities."""
+def test_sdpa_layer_path_equals_the_transformers_layer(tiny, tower):
+    """The SDPA (+ fused-linear at inference) path equals the eager transformers layer, outputs and
+    gradients (pre-norm encoder, post-norm decoder, ReLU or another activation); with attention asked
+    for, or with attention dropout in training, the layer itself runs."""
     from transformers.activations import QuickGELUActivation
 
-    from partcatseg.modeling.clipseg import _inference_layer, run_clipseg_layer
+    from partcatseg.modeling.clipseg import _sdpa_applies, run_clipseg_layer
 
     net = tiny.partclipseg_model
     layer = net.clip.vision_model.encoder.layers[0] if tower == "vision encoder" else copy.deepcopy(net.decoder.layers[0])
@@ -569,7 +569,7 @@ def test_layer_inference_equals_the_transformers_layer(tiny, tower):
     handle = layer.self_attn.register_forward_hook(lambda *_: calls.append(1))
     try:
         with torch.no_grad():
-            assert _inference_layer(layer, hidden)
+            assert _sdpa_applies(layer, hidden)
             fast, none = run_clipseg_layer(layer, hidden)
             assert calls == []  # the fast path does not run the eager attention module
             ref, probs = run_clipseg_layer(layer, hidden, want_attention=True)  # the eager layer
@@ -578,10 +578,21 @@ def test_layer_inference_equals_the_transformers_layer(tiny, tower):
         handle.remove()
     assert none is None and probs.shape == (3, layer.self_attn.num_heads, 17, 17)
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
-    assert not _inference_layer(layer, hidden.requires_grad_())  # autograd: the layer itself
+    # with autograd (training), the same path: equal gradients
     layer.train()
-    with torch.no_grad():
-        assert not _inference_layer(layer, hidden)  # training mode (dropout): the layer itself
+    assert _sdpa_applies(layer, hidden)  # attention dropout 0, as in every CLIPSeg config
+    params = [p for p in layer.parameters() if p.requires_grad]  # the vision tower is frozen
+    x = hidden.clone().requires_grad_()
+    fast, _ = run_clipseg_layer(layer, x)
+    grads_fast = torch.autograd.grad(fast.square().sum(), [x, *params])
+    ref, _ = run_clipseg_layer(layer, x, want_attention=True)
+    grads_ref = torch.autograd.grad(ref.square().sum(), [x, *params])
+    for a, b in zip(grads_fast, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    layer.self_attn.dropout = 0.1  # attention dropout in training: the layer itself
+    assert not _sdpa_applies(layer, hidden)
+    layer.eval()
+    assert _sdpa_applies(layer, hidden)
 
 
 @pytest.mark.parametrize("form", ["complex", "single"])

@@ -246,10 +246,10 @@ def run_clipseg_layer(
     Returns the new hidden states and, if ``want_attention``, the layer's attention probabilities
     (batch, heads, tokens, tokens). transformers 4.x returns them when asked; 5.x returns them as
     the second output of ``layer.self_attn`` (with the "eager" implementation), read by a hook.
-    Inference without attention probabilities takes :func:`_layer_inference`.
+    Without attention probabilities (and without attention dropout) it takes :func:`_layer_sdpa`.
     """
-    if not want_attention and _inference_layer(layer, hidden):
-        return _layer_inference(layer, hidden), None
+    if not want_attention and _sdpa_applies(layer, hidden):
+        return _layer_sdpa(layer, hidden), None
     if _legacy_layer(layer):
         out = layer(hidden, None, None, output_attentions=want_attention)
         return out[0], (out[1] if want_attention else None)
@@ -272,13 +272,13 @@ def _decoder_layer_class() -> type:
     return CLIPSegDecoderLayer
 
 
-def _inference_layer(layer: nn.Module, hidden: torch.Tensor) -> bool:
-    """Whether :func:`_layer_inference` may replace ``layer(hidden)``: no autograd, eval mode, a plain
-    CLIPSeg layer (q/k/v/out projections, two LayerNorms, a two-layer MLP) on (batch, tokens, width)."""
+def _sdpa_applies(layer: nn.Module, hidden: torch.Tensor) -> bool:
+    """Whether :func:`_layer_sdpa` may replace ``layer(hidden)``: no attention dropout in effect (eval
+    mode, or a dropout of 0 as in every CLIPSeg config), a plain CLIPSeg layer (q/k/v/out projections,
+    two LayerNorms, a two-layer MLP) on (batch, tokens, width)."""
     attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
     return (
-        not torch.is_grad_enabled()
-        and not layer.training
+        (not layer.training or float(getattr(attn, "dropout", 1.0) or 0.0) == 0.0)
         and hidden.dim() == 3
         and all(hasattr(attn, name) for name in ("q_proj", "k_proj", "v_proj", "out_proj", "num_heads", "scale"))
         and all(hasattr(mlp, name) for name in ("fc1", "fc2", "activation_fn"))
@@ -286,14 +286,17 @@ def _inference_layer(layer: nn.Module, hidden: torch.Tensor) -> bool:
     )
 
 
-def _layer_inference(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """``layer(hidden)`` at inference: attention through ``scaled_dot_product_attention``, the q/k/v
-    projections as one matmul, ReLU and residual adds fused into the matmuls (:func:`.fused.linear`).
+def _layer_sdpa(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """``layer(hidden)`` with attention through ``scaled_dot_product_attention`` and the q/k/v
+    projections as one matmul; at CPU inference ReLU and residual adds are fused into the matmuls
+    (:func:`.fused.linear`), with autograd it is plain ``F.linear``.
 
-    The layers are set to the "eager" attention because training reads its probabilities; eager
-    materialises (batch, heads, N, N) scores, which for the decoder (59 conditions x 4 heads x 485^2
-    tokens at 352 px) is 0.2 GB per layer and two thirds of PartCLIPSeg's inference time on a CPU.
-    Same math; float re-association only (~1e-6). Decoder layers are post-norm, encoder layers pre-norm.
+    The layers are set to the "eager" attention because the attention-control losses read the
+    probabilities of one decoder layer; eager materialises (batch, heads, N, N) scores, which for the
+    decoder (59 conditions x 4 heads x 485^2 tokens at 352 px) is 0.2 GB per layer: two thirds of
+    PartCLIPSeg's inference time on a CPU, and 11% of a training step. Every other layer takes this
+    path. Same math; float re-association only (~1e-6). Decoder layers are post-norm, encoder layers
+    pre-norm.
     """
     attn, mlp = layer.self_attn, layer.mlp
     post_norm = isinstance(layer, _decoder_layer_class())
