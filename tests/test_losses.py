@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from partcatseg.cli.errors import describe_error
 from partcatseg.modeling.losses import partcatseg_losses
 
 NP, NO, NC = 5, 3, 9  # generalized parts, objects, object-specific classes
@@ -37,10 +38,12 @@ def test_a_label_outside_the_vocabulary_is_named(what):
     else:  # an object id mapped past the objects
         objs[0, 12, 12], o2o[NO], bad, count = NO, NO + 1, NO + 1, NO
     with pytest.raises(ValueError, match=f"^{what} label {bad} in the training targets is outside the {count} "
-                                         f"{what} classes of the training vocabulary$"):
+                                         f"{what} classes of the training vocabulary$") as info:
         partcatseg_losses(po, sp, costs, targets, objs, text_to_part=t2p, obj_to_obj_in_part=o2o,
                           class_to_object=torch.arange(NC) % NO, num_parts=NP, num_objects=NO,
                           ignore_value=IGNORE, ignore_label=IGNORE)
+    # train_net.py and the other command lines report it in one line, exit status 2 (no traceback)
+    assert describe_error(info.value, "train_net.py") == (2, f"train_net.py: error: {info.value}")
     # the batch as drawn (every label in range) trains
     po, sp, costs, targets, objs, t2p, o2o = _case(4)
     out = partcatseg_losses(po, sp, costs, targets, objs, text_to_part=t2p, obj_to_obj_in_part=o2o,

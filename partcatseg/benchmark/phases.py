@@ -308,13 +308,19 @@ def _phase_matmul_peak(spec: BenchmarkSpec) -> dict:
     return {"peaks": peaks, "threads": torch.get_num_threads()}
 
 
-def _phase_inference(spec: BenchmarkSpec) -> dict:
-    import torch
-
+def _inference_model(spec: BenchmarkSpec) -> tuple[BenchmarkSpec, Any]:
+    """The spec with its inference variant's options applied, and its model with the text features ready."""
     spec = copy.deepcopy(spec)
     spec.opts = list(spec.opts) + inference_variant_opts(spec.inference_variant)
     model = _build(spec)
     model.prepare_vocabulary()
+    return spec, model
+
+
+def _phase_inference(spec: BenchmarkSpec) -> dict:
+    import torch
+
+    spec, model = _inference_model(spec)
     out: dict[str, Any] = {}
     with torch.no_grad():  # executed FLOPs of one image (batch 1), counted outside the timed runs
         out["gflop_per_image"] = count_flops(lambda: model(_records(model, spec, 1))) / 1e9
@@ -343,10 +349,7 @@ def _phase_stages(spec: BenchmarkSpec) -> dict:
 
     from .stages import profile_stages
 
-    spec = copy.deepcopy(spec)
-    spec.opts = list(spec.opts) + inference_variant_opts(spec.inference_variant)
-    model = _build(spec)
-    model.prepare_vocabulary()
+    spec, model = _inference_model(spec)
     records = _records(model, spec, 1)
     with torch.no_grad():
         model(records)  # the first call (compilation, caches) is not part of the profile

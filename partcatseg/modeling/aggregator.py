@@ -36,7 +36,7 @@ from timm.layers import Mlp
 from timm.models.swin_transformer import window_partition
 from torch import nn
 
-from .fused import _autocast_on, _compiling, _onednn_linear_dtype, linear
+from .fused import _autocast_on, _compiling, _onednn_linear_dtype, linear, packed_attention
 from .grad_checkpoint import checkpointed
 
 __all__ = [
@@ -189,10 +189,7 @@ class WindowAttention(nn.Module):
 
     def attend(self, qkv: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         """Multi-head attention within windows: (N, L, 3C) -> (N, L, C) (before ``proj``)."""
-        n, length, _ = qkv.shape
-        q, k, v = qkv.view(n, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return out.transpose(1, 2).reshape(n, length, self.dim)
+        return packed_attention(qkv, self.num_heads, mask)
 
 
 class SwinTransformerBlock(nn.Module):

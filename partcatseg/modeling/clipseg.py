@@ -34,11 +34,10 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .fused import linear
+from .fused import linear, packed_attention
 
 __all__ = [
     "CLIPSEG_RD64_REFINED",
@@ -300,12 +299,10 @@ def _layer_sdpa(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """
     attn, mlp = layer.self_attn, layer.mlp
     post_norm = isinstance(layer, _decoder_layer_class())
-    b, n, d = hidden.shape
     x = hidden if post_norm else layer.layer_norm1(hidden)
     weight = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
     bias = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
-    q, k, v = linear(x, weight, bias).view(b, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-    y = F.scaled_dot_product_attention(q, k, v, scale=attn.scale).transpose(1, 2).reshape(b, n, d)
+    y = packed_attention(linear(x, weight, bias), attn.num_heads, scale=attn.scale)
     h = linear(y, attn.out_proj.weight, attn.out_proj.bias, residual=hidden)
     if post_norm:
         h = layer.layer_norm1(h)

@@ -1,4 +1,7 @@
-"""The oneDNN-fused linear layer of CPU inference, shared by the aggregator and the CLIPSeg layers.
+"""Fused building blocks shared by the aggregator, the CLIP blocks and the CLIPSeg layers.
+
+``packed_attention`` runs multi-head attention from one packed ``[q | k | v]`` projection through
+``scaled_dot_product_attention`` (torch's fused kernels), with no copy of q, k or v.
 
 ``linear`` computes ``activation(x W^T + b)`` or ``residual + x W^T + b`` with the activation or
 the residual add fused into oneDNN's matmul when the call is CPU inference (no autograd, fp32 or
@@ -11,7 +14,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ONEDNN_LINEAR", "linear"]
+__all__ = ["ONEDNN_LINEAR", "linear", "packed_attention"]
 
 
 # Linear layers at inference go through oneDNN when this torch has it: same math, but on CPUs where
@@ -85,3 +88,16 @@ def linear(
     elif activation != "none":
         raise ValueError(f"activation={activation!r}; expected 'none', 'relu' or 'gelu'")
     return y if residual is None else residual + y
+
+
+def packed_attention(
+    qkv: torch.Tensor, num_heads: int, mask: Optional[torch.Tensor] = None, scale: Optional[float] = None
+) -> torch.Tensor:
+    """Multi-head self-attention of a packed (B, N, 3D) ``[q | k | v]`` projection -> (B, N, D).
+
+    ``scale`` None is SDPA's default, ``1 / sqrt(head_dim)``.
+    """
+    b, n, three_d = qkv.shape
+    q, k, v = qkv.view(b, n, 3, num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return out.transpose(1, 2).reshape(b, n, three_d // 3)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..vocab import VocabularyError
+
 __all__ = ["jensen_shannon", "partcatseg_losses"]
 
 
@@ -21,12 +23,13 @@ def jensen_shannon(p: torch.Tensor, q: torch.Tensor, dim: int, eps: float = 1e-1
 
 
 def _check_ids(what: str, ids: torch.Tensor, valid: torch.Tensor, count: int) -> None:
-    """Labels must index the vocabulary: a dataset/vocabulary mismatch is named, not left to one_hot."""
+    """Labels must index the vocabulary: a dataset/vocabulary mismatch is named, not left to one_hot
+    (a ``VocabularyError``: the command lines report it in one line)."""
     if valid.any():
         bad = ids[valid]
         bad = bad[(bad < 0) | (bad >= count)]
         if bad.numel():
-            raise ValueError(f"{what} label {int(bad[0])} in the training targets is outside the "
+            raise VocabularyError(f"{what} label {int(bad[0])} in the training targets is outside the "
                              f"{count} {what} classes of the training vocabulary")
 
 

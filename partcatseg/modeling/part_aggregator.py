@@ -76,8 +76,7 @@ class PartAggregator(AggregatorBase):
         self.conv_proj_feat = nn.Conv2d(hidden_dim * 2, text_guidance_dim, kernel_size=1)
 
     def profile_stages(self) -> dict[str, list[tuple[Any, str]]]:
-        stages = super().profile_stages()
-        stages["aggregation layers"] = [(layer, "forward") for layer in self.layers]  # stage 1
+        stages = super().profile_stages()  # its "aggregation layers" are stage 1's
         stages["stage-2 cost"] = [(self, "specific_cost")]
         stages["stage-2 aggregation layers"] = [(layer, "forward") for layer in self.layers_specific_part]
         return stages
